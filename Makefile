@@ -1,0 +1,58 @@
+# patchctl. `make example` shows the publish side end to end; `make test` is
+# what CI runs.
+GO      ?= go
+BIN     := bin/patchctl
+PKGS    := ./...
+EXAMPLE := example
+
+.PHONY: all build test vet fmt-check fuzz bench example clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/patchctl
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+# The whole suite with the race detector, in random order.
+test: fmt-check vet
+	$(GO) test -race -shuffle=on -timeout 15m $(PKGS)
+
+# Each fuzz target briefly; FUZZTIME=5m for longer runs.
+FUZZTIME ?= 15s
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
+	    echo "== $$pkg $$t"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+# Benchmarks, three runs each, printed as a table of medians.
+BENCH      ?= .
+BENCHCOUNT ?= 3
+bench:
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count $(BENCHCOUNT) -timeout 60m $(PKGS) | tee bench.out | $(GO) run ./cmd/benchtable
+
+# Generate a signing key and trust root, publish a generated service pack,
+# verify it and extract it, all under ./example.
+example: build
+	rm -rf $(EXAMPLE) && mkdir -p $(EXAMPLE)/pack/tools
+	$(GO) run ./testnet/packgen/cmd/mkpack -size 32MiB -out $(EXAMPLE)/pack/HF-S041000005-012.zip
+	$(GO) run ./testnet/packgen/cmd/mkpack -size 1MiB -out $(EXAMPLE)/pack/tools/setup.bin
+	$(BIN) key generate --out $(EXAMPLE)/release
+	$(BIN) trust init --key $(EXAMPLE)/release.key --out $(EXAMPLE)/trust.json
+	$(BIN) --data-dir $(EXAMPLE)/data publish --key $(EXAMPLE)/release.key --name HF-S041000005-012 --out $(EXAMPLE)/HF-S041000005-012.json $(EXAMPLE)/pack
+	$(BIN) --data-dir $(EXAMPLE)/data verify --trust $(EXAMPLE)/trust.json HF-S041000005-012
+	$(BIN) --data-dir $(EXAMPLE)/data extract --trust $(EXAMPLE)/trust.json HF-S041000005-012 $(EXAMPLE)/installed
+	$(BIN) --data-dir $(EXAMPLE)/data ls
+	cd $(EXAMPLE) && sha256sum pack/* installed/*
+
+clean:
+	rm -rf bin $(EXAMPLE) bench.out

@@ -1,0 +1,167 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/patchctl/patchctl/manifest"
+)
+
+// ErrReleaseNotFound means the catalog holds no release of that name or CID.
+var ErrReleaseNotFound = errors.New("release not found")
+
+// Catalog holds the signed envelopes of the releases a node has, one file per
+// release name under <data-dir>/releases/. Envelopes are stored as received,
+// so any node can hand them on and anyone can verify them again.
+type Catalog struct {
+	dir string
+}
+
+// OpenCatalog opens (creating if needed) the catalog under dataDir.
+func OpenCatalog(dataDir string) (*Catalog, error) {
+	dir := filepath.Join(dataDir, "releases")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("open catalog: %w", err)
+	}
+	return &Catalog{dir: dir}, nil
+}
+
+// Release is a catalog entry: the envelope as stored and what it says. The
+// manifest was verified when the release entered the catalog; callers that
+// take it from a disk they do not trust verify the envelope again.
+type Release struct {
+	Name     string
+	CID      cid.Cid
+	Envelope []byte
+	Manifest *manifest.Manifest
+}
+
+func (c *Catalog) path(name string) string {
+	return filepath.Join(c.dir, name+".json")
+}
+
+// Save stores a release's envelope under its name, replacing the one held
+// before. Callers verify the envelope and its sequence first.
+func (c *Catalog) Save(name string, envelope []byte) error {
+	if _, err := manifest.ParsePackName(name); err != nil {
+		return err
+	}
+	return writeFileAtomic(c.path(name), envelope, 0o644)
+}
+
+// Get returns the release named by ref: a release name or a manifest CID.
+func (c *Catalog) Get(ref string) (*Release, error) {
+	if id, err := cid.Decode(ref); err == nil {
+		all, err := c.List()
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range all {
+			if r.CID.Equals(id) {
+				return r, nil
+			}
+		}
+		return nil, fmt.Errorf("release %s: %w", ref, ErrReleaseNotFound)
+	}
+	if _, err := manifest.ParsePackName(ref); err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(c.path(ref))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("release %s: %w", ref, ErrReleaseNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decodeRelease(data)
+}
+
+// List returns every release in the catalog, sorted by name.
+func (c *Catalog) List() ([]*Release, error) {
+	entries, err := os.ReadDir(c.dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Release
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		r, err := c.Get(name)
+		if err != nil {
+			return nil, fmt.Errorf("catalog entry %s: %w", e.Name(), err)
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// decodeRelease reads an envelope's manifest without checking signatures:
+// the catalog only holds envelopes that were verified before they were saved.
+func decodeRelease(envelope []byte) (*Release, error) {
+	env, err := manifest.ParseEnvelope(envelope)
+	if err != nil {
+		return nil, err
+	}
+	m, err := manifest.Parse(env.Payload)
+	if err != nil {
+		return nil, err
+	}
+	return &Release{Name: m.Name, CID: manifest.ManifestID(env.Payload), Envelope: envelope, Manifest: m}, nil
+}
+
+// writeFileAtomic writes data to path so that a crash leaves either the old
+// file or the new one: temp file, fsync, rename, fsync of the directory.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op once renamed
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Remove drops a release's envelope; removing an absent release is not an
+// error.
+func (c *Catalog) Remove(name string) error {
+	if _, err := manifest.ParsePackName(name); err != nil {
+		return err
+	}
+	if err := os.Remove(c.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,265 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ipfs/go-cid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/store"
+)
+
+// ChunkAdder is what publishing needs of a chunk store: Add hashes the bytes
+// itself, so the publisher hashes each chunk once, not once to name it and
+// again to have Put check the name.
+type ChunkAdder interface {
+	Add(ctx context.Context, data []byte) (store.Added, error)
+}
+
+// Source is one file to publish: where it is on disk and the path it gets
+// in the release.
+type Source struct {
+	Local string      // path on this machine
+	Path  string      // path in the release, slash-separated
+	Mode  fs.FileMode // permission bits
+	Size  int64       // size when collected, for progress
+}
+
+// CollectSources turns command-line paths into sources: a file is recorded
+// under its base name, a directory's regular files under their paths inside
+// it. Symbolic links and special files are refused rather than followed, so a
+// release never carries files from outside what was named.
+func CollectSources(paths []string) ([]Source, error) {
+	var out []Source
+	for _, p := range paths {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case fi.Mode().IsRegular():
+			out = append(out, Source{Local: p, Path: filepath.Base(p), Mode: fi.Mode().Perm(), Size: fi.Size()})
+		case fi.IsDir():
+			err := filepath.WalkDir(p, func(local string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				if d.IsDir() {
+					return nil
+				}
+				info, err := d.Info()
+				if err != nil {
+					return err
+				}
+				if !info.Mode().IsRegular() {
+					return fmt.Errorf("%s: only regular files can be published, not %s", local, info.Mode().Type())
+				}
+				rel, err := filepath.Rel(p, local)
+				if err != nil {
+					return err
+				}
+				out = append(out, Source{Local: local, Path: filepath.ToSlash(rel), Mode: info.Mode().Perm(), Size: info.Size()})
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+		default:
+			return nil, fmt.Errorf("%s: only regular files and directories can be published, not %s", p, fi.Mode().Type())
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("nothing to publish: no regular files in the given paths")
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	for _, s := range out {
+		if err := manifest.ValidatePath(s.Path); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.Local, err)
+		}
+	}
+	return out, nil
+}
+
+// IngestStats counts what ingesting stored.
+type IngestStats struct {
+	TotalBytes  int64 // bytes of all files
+	Chunks      int   // distinct chunks
+	StoredBytes int64 // stored (compressed) bytes of the distinct chunks
+	NewBytes    int64 // stored bytes written by this ingest: what dedupe did not save
+}
+
+// IngestOptions tune Ingest; the zero value is ready to use.
+type IngestOptions struct {
+	Chunking manifest.ChunkParams // default manifest.DefaultChunkParams
+	// Workers is how many chunks are compressed and written at once;
+	// default 4 per CPU, because a worker waiting on fsync uses no CPU.
+	Workers  int
+	Progress func(bytes int64) // called with bytes read so far
+}
+
+// ingestJob is one chunk on its way through the pipeline. Its buffer goes back
+// to the pool when both the worker and the file hasher are done with it.
+type ingestJob struct {
+	file, index int
+	data        []byte
+	buf         *[]byte
+	users       atomic.Int32
+}
+
+// Ingest chunks, hashes, compresses and stores sources, and returns their
+// manifest entries. One goroutine reads and chunks, one computes whole-file
+// digests, and Workers add chunks to the store in parallel; memory is bounded
+// by the number of chunks in flight, whatever the file sizes.
+func Ingest(ctx context.Context, s ChunkAdder, sources []Source, opts IngestOptions) ([]manifest.File, IngestStats, error) {
+	params := opts.Chunking
+	if params == (manifest.ChunkParams{}) {
+		params = manifest.DefaultChunkParams
+	}
+	if err := params.Validate(); err != nil {
+		return nil, IngestStats{}, err
+	}
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = 4 * runtime.GOMAXPROCS(0)
+	}
+	pool := sync.Pool{New: func() any { b := make([]byte, params.Max); return &b }}
+	release := func(j *ingestJob) {
+		if j.users.Add(-1) == 0 {
+			pool.Put(j.buf)
+		}
+	}
+
+	files := make([]manifest.File, len(sources))
+	refs := make([][]manifest.ChunkRef, len(sources))
+	var refsMu sync.Mutex
+	// seen[id] is true once id's new bytes were counted: two workers may
+	// add the same chunk at once, and either may be the one that wrote it.
+	seen := make(map[cid.Cid]bool)
+	var stats IngestStats
+
+	g, ctx := errgroup.WithContext(ctx)
+	jobs := make(chan *ingestJob, 2*workers)
+	hashJobs := make(chan *ingestJob, 2*workers)
+
+	// Reader: chunk every file in order.
+	g.Go(func() error {
+		defer close(jobs)
+		defer close(hashJobs)
+		var read int64
+		for fi, src := range sources {
+			f, err := os.Open(src.Local)
+			if err != nil {
+				return err
+			}
+			files[fi] = manifest.File{Path: src.Path, Mode: uint32(src.Mode.Perm())}
+			c := manifest.NewChunker(f, params)
+			for idx := 0; ; idx++ {
+				chunk, err := c.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					f.Close()
+					return fmt.Errorf("read %s: %w", src.Local, err)
+				}
+				buf := pool.Get().(*[]byte)
+				j := &ingestJob{file: fi, index: idx, data: (*buf)[:copy(*buf, chunk)], buf: buf}
+				j.users.Store(2)
+				select {
+				case jobs <- j:
+				case <-ctx.Done():
+					f.Close()
+					return ctx.Err()
+				}
+				select {
+				case hashJobs <- j:
+				case <-ctx.Done():
+					f.Close()
+					return ctx.Err()
+				}
+				files[fi].Size += int64(len(j.data))
+				read += int64(len(j.data))
+				if opts.Progress != nil {
+					opts.Progress(read)
+				}
+			}
+			f.Close()
+			// Files are read once; a file that changed size while being
+			// read is published as read and its digest covers that.
+			hashJobs <- &ingestJob{file: fi, index: -1}
+		}
+		return nil
+	})
+
+	// File hasher: whole-file SHA-256 in chunk order, beside the workers.
+	g.Go(func() error {
+		var h hash.Hash = sha256.New()
+		for j := range hashJobs {
+			if j.index < 0 {
+				files[j.file].SHA256 = hex.EncodeToString(h.Sum(nil))
+				h.Reset()
+				continue
+			}
+			h.Write(j.data)
+			release(j)
+		}
+		return nil
+	})
+
+	// Workers: hash, compress, store.
+	for range workers {
+		g.Go(func() error {
+			for j := range jobs {
+				added, err := s.Add(ctx, j.data)
+				size := len(j.data)
+				release(j)
+				if err != nil {
+					return fmt.Errorf("store chunk of %s: %w", sources[j.file].Local, err)
+				}
+				refsMu.Lock()
+				r := refs[j.file]
+				for len(r) <= j.index {
+					r = append(r, manifest.ChunkRef{})
+				}
+				r[j.index] = manifest.ChunkRef{CID: added.ID, Size: uint32(size)}
+				refs[j.file] = r
+				counted, ok := seen[added.ID]
+				if !ok {
+					stats.Chunks++
+					stats.StoredBytes += added.StoredSize
+				}
+				if added.New && !counted {
+					stats.NewBytes += added.StoredSize
+				}
+				seen[added.ID] = counted || added.New
+				refsMu.Unlock()
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, IngestStats{}, err
+	}
+	for i := range files {
+		files[i].Chunks = refs[i]
+		if files[i].Chunks == nil {
+			files[i].Chunks = []manifest.ChunkRef{}
+		}
+		stats.TotalBytes += files[i].Size
+	}
+	return files, stats, nil
+}

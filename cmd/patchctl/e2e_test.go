@@ -1,0 +1,344 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/patchctl/patchctl/testnet/packgen"
+)
+
+// The end-to-end tests run the real binary as a user would, in real
+// processes, against a data dir in t.TempDir().
+
+var patchctlBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "patchctl-bin-")
+	if err != nil {
+		panic(err)
+	}
+	patchctlBin = filepath.Join(dir, "patchctl")
+	build := exec.Command("go", "build", "-o", patchctlBin, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		panic("build patchctl: " + err.Error())
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// patchctl runs the binary with the data dir of env and returns what it did.
+func (e *env) patchctl(args ...string) result {
+	e.t.Helper()
+	cmd := exec.Command(patchctlBin, args...)
+	cmd.Env = append(os.Environ(), "PATCHCTL_DATA_DIR="+e.data)
+	cmd.Dir = e.dir
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			e.t.Fatalf("run patchctl %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return result{code, stdout.String(), stderr.String()}
+}
+
+func (e *env) ok(args ...string) string {
+	e.t.Helper()
+	r := e.patchctl(args...)
+	if r.code != 0 {
+		e.t.Fatalf("patchctl %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+func (e *env) fails(code int, wantInStderr string, args ...string) result {
+	e.t.Helper()
+	r := e.patchctl(args...)
+	if r.code != code {
+		e.t.Fatalf("patchctl %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, code, r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stderr+r.stdout, wantInStderr) {
+		e.t.Fatalf("patchctl %s: output lacks %q\nstdout: %s\nstderr: %s", strings.Join(args, " "), wantInStderr, r.stdout, r.stderr)
+	}
+	return r
+}
+
+type env struct {
+	t    *testing.T
+	dir  string // working directory: keys, trust roots, packs
+	data string // data dir
+}
+
+// newEnv makes a key, a trust root and a pack directory with three files.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	dir := t.TempDir()
+	e := &env{t: t, dir: dir, data: filepath.Join(dir, "data")}
+	e.ok("key", "generate", "--out", "release")
+	e.ok("trust", "init", "--key", "release.key", "--out", "trust.json")
+	writeGenerated(t, filepath.Join(dir, "pack", "HF-S041000005-012.zip"), 1, 3<<20, packgen.Incompressible)
+	writeGenerated(t, filepath.Join(dir, "pack", "bin", "tool"), 2, 2<<20, packgen.Software)
+	writeGenerated(t, filepath.Join(dir, "pack", "empty.txt"), 3, 0, packgen.Software)
+	return e
+}
+
+func writeGenerated(t *testing.T, path string, seed uint64, size int64, kind packgen.Kind) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(f, packgen.New(seed, size, kind)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type publishJSON struct {
+	Name        string `json:"name"`
+	CID         string `json:"cid"`
+	Sequence    uint64 `json:"sequence"`
+	TotalBytes  int64  `json:"total_bytes"`
+	StoredBytes int64  `json:"stored_bytes"`
+	NewBytes    int64  `json:"new_bytes"`
+	Chunks      int    `json:"chunks"`
+}
+
+func (e *env) publish(args ...string) publishJSON {
+	e.t.Helper()
+	out := e.ok(append([]string{"publish", "--json", "--key", "release.key"}, args...)...)
+	var p publishJSON
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		e.t.Fatalf("publish --json printed %q: %v", out, err)
+	}
+	return p
+}
+
+// chunkFiles lists the stored chunk files.
+func (e *env) chunkFiles() []string {
+	e.t.Helper()
+	files, err := filepath.Glob(filepath.Join(e.data, "chunks", "*", "*.zst"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return files
+}
+
+func sameTree(t *testing.T, want, got string) {
+	t.Helper()
+	err := filepath.WalkDir(want, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(want, p)
+		a, _ := os.ReadFile(p)
+		b, err := os.ReadFile(filepath.Join(got, rel))
+		if err != nil {
+			t.Errorf("%s missing from %s: %v", rel, got, err)
+			return nil
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPublishVerifyExtractRoundTrip(t *testing.T) {
+	e := newEnv(t)
+	keyInfo, err := os.Stat(filepath.Join(e.dir, "release.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keyInfo.Mode().Perm() != 0o600 {
+		t.Errorf("release.key has mode %o, want 600", keyInfo.Mode().Perm())
+	}
+	p := e.publish("--name", "HF-S041000005-012", "--out", "env.json", "pack")
+	if p.Name != "HF-S041000005-012" || p.Sequence != 1 || p.TotalBytes != 5<<20 || p.Chunks == 0 || p.NewBytes != p.StoredBytes {
+		t.Fatalf("publish summary %+v", p)
+	}
+	// The incompressible 3 MiB cannot shrink; the 2 MiB of software does.
+	if p.StoredBytes >= p.TotalBytes || p.StoredBytes < 3<<20 {
+		t.Errorf("stored %d of %d bytes", p.StoredBytes, p.TotalBytes)
+	}
+	envelope, err := os.ReadFile(filepath.Join(e.dir, "env.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(envelope, []byte(`"HF-S041000005-012"`)) {
+		t.Errorf("the release name is not readable in the envelope:\n%s", envelope)
+	}
+	for _, ref := range []string{"HF-S041000005-012", p.CID, "env.json"} {
+		e.ok("verify", "--trust", "trust.json", ref)
+	}
+	e.ok("extract", "--trust", "trust.json", "HF-S041000005-012", "out")
+	sameTree(t, filepath.Join(e.dir, "pack"), filepath.Join(e.dir, "out"))
+	if fi, err := os.Stat(filepath.Join(e.dir, "out", "empty.txt")); err != nil || fi.Size() != 0 {
+		t.Errorf("empty file: %v %v", fi, err)
+	}
+	e.fails(4, "not empty", "extract", "HF-S041000005-012", "out")
+
+	// Publishing the same bytes again under another name stores nothing new.
+	again := e.publish("--name", "SP-S041000005", "pack")
+	if again.NewBytes != 0 || again.StoredBytes != p.StoredBytes {
+		t.Errorf("republish: new %d stored %d, want 0 and %d", again.NewBytes, again.StoredBytes, p.StoredBytes)
+	}
+	var ls struct {
+		Releases []struct {
+			Name          string `json:"name"`
+			Chunks        int    `json:"chunks"`
+			ChunksPresent int    `json:"chunks_present"`
+		} `json:"releases"`
+	}
+	// --json is accepted before the subcommand too.
+	if err := json.Unmarshal([]byte(e.ok("--json", "ls")), &ls); err != nil {
+		t.Fatal(err)
+	}
+	if len(ls.Releases) != 2 || ls.Releases[0].ChunksPresent != ls.Releases[0].Chunks {
+		t.Errorf("ls: %+v", ls)
+	}
+	e.ok("fsck")
+}
+
+func TestDefaultNameAndSequence(t *testing.T) {
+	e := newEnv(t)
+	p := e.publish("pack/HF-S041000005-012.zip")
+	if p.Name != "HF-S041000005-012" {
+		t.Errorf("default name %q", p.Name)
+	}
+	p2 := e.publish("pack/HF-S041000005-012.zip")
+	if p2.Sequence != 2 || p2.NewBytes != 0 {
+		t.Errorf("re-publish: %+v", p2)
+	}
+	e.fails(1, "rollback", "publish", "--key", "release.key", "--sequence", "2", "--label", "fix=again", "pack/HF-S041000005-012.zip")
+}
+
+func TestTamperedEnvelopesFailVerification(t *testing.T) {
+	e := newEnv(t)
+	e.publish("--name", "HF-S041000005-012", "--out", "env.json", "pack")
+	original, err := os.ReadFile(filepath.Join(e.dir, "env.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(original, &doc); err != nil {
+		t.Fatal(err)
+	}
+	payload := doc["payload"].(string)
+	flipped := []byte(payload)
+	flipped[len(flipped)/2] ^= 'A' ^ 'B'
+	for name, edit := range map[string]func(map[string]any){
+		"readable name":     func(d map[string]any) { d["name"] = "HF-S041000005-013" },
+		"readable sequence": func(d map[string]any) { d["sequence"] = 9 },
+		"payload":           func(d map[string]any) { d["payload"] = string(flipped) },
+		"no signatures":     func(d map[string]any) { d["signatures"] = []any{} },
+	} {
+		t.Run(name, func(t *testing.T) {
+			d := map[string]any{}
+			json.Unmarshal(original, &d)
+			edit(d)
+			data, _ := json.Marshal(d)
+			path := filepath.Join(e.dir, "tampered.json")
+			os.WriteFile(path, data, 0o644)
+			e.fails(1, "", "verify", "--trust", "trust.json", "tampered.json")
+		})
+	}
+	// A trust root of another key knows nothing of the signer.
+	e.ok("key", "generate", "--out", "other")
+	e.ok("trust", "init", "--key", "other.key", "--out", "other-trust.json")
+	e.fails(1, "no key of the trust root", "verify", "--trust", "other-trust.json", "env.json")
+}
+
+func TestCorruptAndMissingChunks(t *testing.T) {
+	e := newEnv(t)
+	p := e.publish("--name", "HF-S041000005-012", "pack")
+	chunks := e.chunkFiles()
+	if len(chunks) != p.Chunks {
+		t.Fatalf("%d chunk files, publish said %d chunks", len(chunks), p.Chunks)
+	}
+	victim := chunks[len(chunks)/2]
+	data, err := os.ReadFile(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)-10] ^= 0x01
+	if err := os.WriteFile(victim, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	victimCID := strings.TrimSuffix(filepath.Base(victim), ".zst")
+
+	r := e.fails(1, victimCID, "fsck")
+	if strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("fsck should name exactly one chunk:\n%s", r.stdout)
+	}
+	e.fails(1, victimCID, "verify", "--trust", "trust.json", "HF-S041000005-012")
+	e.fails(1, victimCID, "extract", "HF-S041000005-012", "out")
+	if _, err := os.Stat(filepath.Join(e.dir, "out")); !os.IsNotExist(err) {
+		t.Errorf("a failed extract left %s behind: %v", "out", err)
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(e.dir, ".out*"))
+	if len(leftovers) > 0 {
+		t.Errorf("a failed extract left staging behind: %v", leftovers)
+	}
+
+	os.Remove(victim)
+	r = e.fails(1, "missing", "fsck")
+	if !strings.Contains(r.stdout, victimCID) || !strings.Contains(r.stdout, "HF-S041000005-012") {
+		t.Errorf("fsck should name the missing chunk and its release:\n%s", r.stdout)
+	}
+}
+
+func TestRemoveAndGC(t *testing.T) {
+	e := newEnv(t)
+	e.publish("--name", "HF-S041000005-012", "pack")
+	before := len(e.chunkFiles())
+	e.ok("gc", "--grace", "0s")
+	if n := len(e.chunkFiles()); n != before {
+		t.Fatalf("gc removed pinned chunks: %d -> %d", before, n)
+	}
+	e.ok("rm", "HF-S041000005-012")
+	e.ok("gc", "--grace", "1h")
+	if n := len(e.chunkFiles()); n != before {
+		t.Fatalf("gc removed chunks within the grace period: %d -> %d", before, n)
+	}
+	e.ok("gc", "--grace", "0s")
+	if n := len(e.chunkFiles()); n != 0 {
+		t.Fatalf("gc left %d unpinned chunks", n)
+	}
+	e.fails(3, "not found", "verify", "--trust", "trust.json", "HF-S041000005-012")
+}
+
+func TestUsageErrors(t *testing.T) {
+	e := newEnv(t)
+	e.fails(2, "", "publish", "--key", "release.key")
+	e.fails(2, "", "verify", "--trust", "trust.json")
+	e.fails(2, "", "no-such-command")
+	e.fails(2, "exists", "key", "generate", "--out", "release")
+	e.fails(1, "HF-", "publish", "--key", "release.key", "--name", "HF-X1", "pack")
+	e.fails(3, "", "extract", "SP-S041000005", "out")
+}
