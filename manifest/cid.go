@@ -78,3 +78,28 @@ func ParseChunkID(s string) (cid.Cid, error) {
 	}
 	return id, nil
 }
+
+// CheckManifestID reports whether id has the form of a manifest ID: CIDv1,
+// JSON codec, SHA-256.
+func CheckManifestID(id cid.Cid) error {
+	if !id.Defined() {
+		return fmt.Errorf("manifest ID is empty: %w", ErrInvalid)
+	}
+	p := id.Prefix()
+	if p.Version != 1 || p.Codec != codecJSON || p.MhType != hashCode || p.MhLength != sha256.Size {
+		return fmt.Errorf("manifest ID %s is not a CIDv1 JSON SHA-256: %w", id, ErrInvalid)
+	}
+	return nil
+}
+
+// ParseManifestID decodes and checks a manifest ID in its string form.
+func ParseManifestID(s string) (cid.Cid, error) {
+	id, err := cid.Decode(s)
+	if err != nil {
+		return cid.Undef, fmt.Errorf("manifest ID %q: %v: %w", s, err, ErrInvalid)
+	}
+	if err := CheckManifestID(id); err != nil {
+		return cid.Undef, err
+	}
+	return id, nil
+}

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ipfs/go-cid"
 )
@@ -122,12 +124,14 @@ func (m *Manifest) ChunkIDs() []cid.Cid {
 // fields in declaration order, map keys sorted, times in UTC to the second.
 // Equal manifests always encode to equal bytes, so the manifest CID is stable.
 func Marshal(m *Manifest) ([]byte, error) {
-	if err := m.Validate(); err != nil {
-		return nil, err
-	}
 	c := *m
 	c.Created = c.Created.UTC().Truncate(time.Second)
 	c.Expires = c.Expires.UTC().Truncate(time.Second)
+	// Validate after truncating, so that times less than a second apart
+	// cannot pass here and then fail in Parse as equal.
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
 	if c.Files == nil {
 		c.Files = []File{}
 	}
@@ -168,6 +172,9 @@ func Parse(data []byte) (*Manifest, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
+		if errors.Is(err, ErrInvalid) { // from ChunkRef.UnmarshalJSON
+			return nil, fmt.Errorf("manifest: %w", err)
+		}
 		return nil, fmt.Errorf("manifest: %v: %w", err, ErrInvalid)
 	}
 	if dec.More() {
@@ -203,7 +210,7 @@ func (m *Manifest) Validate() error {
 		return fmt.Errorf("manifest %s: expiry %s must come after creation %s: %w", m.Name, m.Expires, m.Created, ErrInvalid)
 	}
 	if err := m.Chunking.Validate(); err != nil {
-		return fmt.Errorf("manifest %s: %v: %w", m.Name, err, ErrInvalid)
+		return fmt.Errorf("manifest %s: %w", m.Name, err)
 	}
 	if len(m.Files) > MaxFiles {
 		return fmt.Errorf("manifest %s: %d files, more than %d: %w", m.Name, len(m.Files), MaxFiles, ErrTooLarge)
@@ -241,9 +248,14 @@ func (m *Manifest) Validate() error {
 	if len(m.Install.Hook) > 0 && m.Install.Hook[0] == "" {
 		return fmt.Errorf("manifest %s: install hook has an empty command: %w", m.Name, ErrInvalid)
 	}
+	// Every argument counts one byte more than its length, so that a hook
+	// of many empty arguments is bounded too.
 	hookLen := 0
 	for _, a := range m.Install.Hook {
-		hookLen += len(a)
+		if !utf8.ValidString(a) {
+			return fmt.Errorf("manifest %s: install hook argument %q is not valid UTF-8: %w", m.Name, a, ErrInvalid)
+		}
+		hookLen += len(a) + 1
 	}
 	if hookLen > maxHookLen {
 		return fmt.Errorf("manifest %s: install hook is longer than %d bytes: %w", m.Name, maxHookLen, ErrTooLarge)
@@ -254,6 +266,9 @@ func (m *Manifest) Validate() error {
 	for k, v := range m.Labels {
 		if k == "" || len(k) > maxLabelLen || len(v) > maxLabelLen {
 			return fmt.Errorf("manifest %s: label %q: keys must be 1 to %d bytes, values at most %d: %w", m.Name, k, maxLabelLen, maxLabelLen, ErrInvalid)
+		}
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return fmt.Errorf("manifest %s: label %q: keys and values must be valid UTF-8: %w", m.Name, k, ErrInvalid)
 		}
 	}
 	return nil
@@ -286,8 +301,10 @@ func (f *File) validate(maxChunk int) error {
 }
 
 // ValidatePath reports whether p is safe to create under an install root:
-// relative, slash-separated, clean, without "..", empty or "." elements,
-// backslashes, colons or control characters.
+// relative, slash-separated, clean, valid UTF-8, without "..", empty or "."
+// elements, backslashes, colons or control characters, and without elements
+// that end in a dot or a space: Windows drops those, so ".. " would leave the
+// root and "a." would collide with "a".
 func ValidatePath(p string) error {
 	bad := func(why string) error {
 		return fmt.Errorf("path %q %s: %w", p, why, ErrInvalid)
@@ -303,10 +320,15 @@ func ValidatePath(p string) error {
 		return bad("is not clean (no //, ./ or trailing /)")
 	case strings.ContainsAny(p, `\:`):
 		return bad(`contains \ or :`)
+	case !utf8.ValidString(p):
+		return bad("is not valid UTF-8")
 	}
 	for _, part := range strings.Split(p, "/") {
 		if part == ".." {
 			return bad("leaves its root with ..")
+		}
+		if strings.HasSuffix(part, ".") || strings.HasSuffix(part, " ") {
+			return bad(fmt.Sprintf("has an element %q ending in a dot or space, which Windows drops", part))
 		}
 	}
 	for _, r := range p {

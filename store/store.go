@@ -31,8 +31,18 @@ type Putter interface {
 	// Put stores uncompressed chunk bytes under id after checking that they
 	// hash to id (ErrMismatch otherwise). Putting a chunk that is already
 	// present refreshes its modification time and writes nothing else.
-	// Once Put returns nil the chunk survives a crash.
+	// Once Put returns nil the chunk is whole under its ID: a crash never
+	// leaves a torn chunk. That its ID survives a crash may need a Sync
+	// (see Syncer).
 	Put(ctx context.Context, id cid.Cid, data []byte) error
+}
+
+// Syncer is implemented by stores that make the names of written chunks
+// durable in batches, as a directory fsync after many concurrent Puts.
+type Syncer interface {
+	// Sync makes every Put, PutFrame and Delete that returned before it
+	// survive a crash.
+	Sync(ctx context.Context) error
 }
 
 // FrameGetter reads chunks in their stored form, to send them to peers
@@ -60,7 +70,8 @@ type Deleter interface {
 // Lister enumerates chunks.
 type Lister interface {
 	// List calls fn for every stored chunk in no set order; an error from
-	// fn stops the walk and is returned.
+	// fn stops the walk and is returned. fn may delete the chunk it is
+	// given.
 	List(ctx context.Context, fn func(cid.Cid) error) error
 	// Stat returns what the store knows of a chunk without reading it.
 	Stat(ctx context.Context, id cid.Cid) (Info, error)

@@ -56,4 +56,3 @@ func runExtract(c *cli.Context, g globals, trustFile, ref, dir string) error {
 	fmt.Fprintf(g.stdout, "extracted %s: %d files, %s into %s\n", m.Name, len(m.Files), humanBytes(m.TotalSize()), dir)
 	return nil
 }
-
