@@ -30,7 +30,7 @@ fuzz:
 	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 	  for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
 	    echo "== $$pkg $$t"; \
-	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s $$pkg; \
 	  done; \
 	done
 
@@ -52,7 +52,7 @@ example: build
 	$(BIN) --data-dir $(EXAMPLE)/data verify --trust $(EXAMPLE)/trust.json HF-S041000005-012
 	$(BIN) --data-dir $(EXAMPLE)/data extract --trust $(EXAMPLE)/trust.json HF-S041000005-012 $(EXAMPLE)/installed
 	$(BIN) --data-dir $(EXAMPLE)/data ls
-	cd $(EXAMPLE) && sha256sum pack/* installed/*
+	cd $(EXAMPLE) && find pack installed -type f | sort -t/ -k2 | xargs sha256sum
 
 clean:
 	rm -rf bin $(EXAMPLE) bench.out

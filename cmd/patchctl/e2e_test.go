@@ -342,3 +342,35 @@ func TestUsageErrors(t *testing.T) {
 	e.fails(1, "HF-", "publish", "--key", "release.key", "--name", "HF-X1", "pack")
 	e.fails(3, "", "extract", "SP-S041000005", "out")
 }
+
+func TestTrustRotation(t *testing.T) {
+	e := newEnv(t)
+	var oldKey struct {
+		KeyID string `json:"key_id"`
+	}
+	// The first key's ID, from the root it signed.
+	var root struct {
+		Keys []string `json:"keys"`
+	}
+	if err := json.Unmarshal([]byte(e.ok("trust", "show", "--json", "trust.json")), &root); err != nil || len(root.Keys) != 1 {
+		t.Fatalf("trust show: %v %+v", err, root)
+	}
+	oldKey.KeyID = root.Keys[0]
+	e.ok("key", "generate", "--out", "next")
+	// Only the new key signs: the old root's threshold is not met.
+	e.fails(1, "", "trust", "rotate", "--trust", "trust.json", "--key", "next.key", "--remove", oldKey.KeyID, "--out", "bad.json")
+	e.ok("trust", "rotate", "--trust", "trust.json", "--key", "next.key", "--sign", "release.key", "--remove", oldKey.KeyID, "--out", "trust2.json")
+	var next struct {
+		Version uint64   `json:"version"`
+		Keys    []string `json:"keys"`
+	}
+	if err := json.Unmarshal([]byte(e.ok("trust", "show", "--json", "trust2.json")), &next); err != nil {
+		t.Fatal(err)
+	}
+	if next.Version != 2 || len(next.Keys) != 1 || next.Keys[0] == oldKey.KeyID {
+		t.Fatalf("rotated root: %+v", next)
+	}
+	e.ok("publish", "--key", "next.key", "--name", "SP-S041000006", "pack")
+	e.ok("verify", "--trust", "trust2.json", "SP-S041000006")
+	e.fails(1, "", "verify", "--trust", "trust.json", "SP-S041000006")
+}

@@ -132,9 +132,15 @@ func runTrustInit(g globals, privFiles, pubFiles []string, threshold int, lifeti
 }
 
 func runTrustRotate(g globals, c *cli.Context) error {
-	old, err := loadTrust(c.String("trust"))
+	// An expired root can still hand over to its successor: that is how a
+	// fleet recovers from a root left to expire.
+	data, err := os.ReadFile(c.String("trust"))
 	if err != nil {
 		return err
+	}
+	old, err := manifest.LoadRoot(data)
+	if err != nil {
+		return fmt.Errorf("trust root %s: %w", c.String("trust"), err)
 	}
 	signers, added, err := readKeys(c.StringSlice("key"), c.StringSlice("pub"))
 	if err != nil {
@@ -164,7 +170,7 @@ func runTrustRotate(g globals, c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	data, err := manifest.SignRoot(next, append(signers, oldSigners...)...)
+	data, err = manifest.SignRoot(next, append(signers, oldSigners...)...)
 	if err != nil {
 		return err
 	}

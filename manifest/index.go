@@ -1,0 +1,181 @@
+package manifest
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// MaxIndexEntries bounds the releases of one index.
+const MaxIndexEntries = 100_000
+
+// Index is a signed list of the releases of a channel, with a version that
+// only goes up, so a node can tell that it was shown an old list (rollback)
+// and an expiry, so it can tell that it was shown no new list for too long.
+type Index struct {
+	Version  uint64       `json:"version"`
+	Channel  string       `json:"channel"`
+	Created  time.Time    `json:"created"`
+	Expires  time.Time    `json:"expires"`
+	Releases []IndexEntry `json:"releases"`
+}
+
+// IndexEntry names one release of an index: its name, the CID of its
+// manifest and that manifest's sequence.
+type IndexEntry struct {
+	Name     string `json:"name"`
+	CID      string `json:"cid"`
+	Sequence uint64 `json:"sequence"`
+}
+
+// Validate checks ix: version at least 1, a valid channel, expiry after
+// creation, at most MaxIndexEntries releases with valid names, manifest CIDs
+// in canonical form, sequences of at least 1, and no name twice (ignoring
+// case, since names become file names).
+func (ix *Index) Validate() error {
+	if ix.Version == 0 {
+		return fmt.Errorf("index: version must be at least 1: %w", ErrInvalid)
+	}
+	if err := validateChannel(ix.Channel); err != nil {
+		return fmt.Errorf("index version %d: %w", ix.Version, err)
+	}
+	if ix.Created.IsZero() || ix.Expires.IsZero() || !ix.Expires.After(ix.Created) {
+		return fmt.Errorf("index version %d: expiry %s must come after creation %s: %w", ix.Version, ix.Expires, ix.Created, ErrInvalid)
+	}
+	if len(ix.Releases) > MaxIndexEntries {
+		return fmt.Errorf("index version %d: %d releases, more than %d: %w", ix.Version, len(ix.Releases), MaxIndexEntries, ErrTooLarge)
+	}
+	seen := make(map[string]bool, len(ix.Releases))
+	for _, r := range ix.Releases {
+		if _, err := ParsePackName(r.Name); err != nil {
+			return fmt.Errorf("index version %d: %w", ix.Version, err)
+		}
+		key := strings.ToLower(r.Name)
+		if seen[key] {
+			return fmt.Errorf("index version %d: release %s appears twice: %w", ix.Version, r.Name, ErrInvalid)
+		}
+		seen[key] = true
+		id, err := ParseManifestID(r.CID)
+		if err != nil {
+			return fmt.Errorf("index version %d: release %s: %w", ix.Version, r.Name, err)
+		}
+		if id.String() != r.CID {
+			return fmt.Errorf("index version %d: release %s: manifest ID %q is not in canonical form %s: %w", ix.Version, r.Name, r.CID, id, ErrInvalid)
+		}
+		if r.Sequence == 0 {
+			return fmt.Errorf("index version %d: release %s: sequence must be at least 1: %w", ix.Version, r.Name, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// Lookup returns the entry of the release called name.
+func (ix *Index) Lookup(name string) (IndexEntry, bool) {
+	for _, r := range ix.Releases {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return IndexEntry{}, false
+}
+
+// MarshalIndex validates ix and returns its canonical encoding: compact
+// JSON, releases sorted by name, times in UTC to the second.
+func MarshalIndex(ix *Index) ([]byte, error) {
+	c := *ix
+	c.Created = c.Created.UTC().Truncate(time.Second)
+	c.Expires = c.Expires.UTC().Truncate(time.Second)
+	c.Releases = slices.Clone(ix.Releases)
+	if c.Releases == nil {
+		c.Releases = []IndexEntry{}
+	}
+	slices.SortFunc(c.Releases, func(a, b IndexEntry) int { return strings.Compare(a.Name, b.Name) })
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return canonicalJSON(&c)
+}
+
+// ParseIndex decodes canonical index bytes without verifying any signature.
+// It is for the payload of an index envelope, and for the last index this
+// node accepted and keeps in its state as the floor for rollback checks.
+func ParseIndex(payload []byte) (*Index, error) {
+	var ix Index
+	if err := parseCanonical(payload, &ix, "index", func() ([]byte, error) { return MarshalIndex(&ix) }); err != nil {
+		return nil, err
+	}
+	return &ix, nil
+}
+
+func indexFields(ix *Index) Envelope {
+	return Envelope{Type: TypeIndex, Channel: ix.Channel, Version: ix.Version, Expires: ix.Expires}
+}
+
+// SignIndex returns an envelope of ix signed by signers.
+func SignIndex(ix *Index, signers ...ed25519.PrivateKey) ([]byte, error) {
+	payload, err := MarshalIndex(ix)
+	if err != nil {
+		return nil, err
+	}
+	e := indexFields(ix)
+	e.Expires = e.Expires.UTC().Truncate(time.Second)
+	e.Payload = payload
+	return seal(&e, signers)
+}
+
+// VerifyIndex verifies an index envelope against r at now and returns the
+// index. held is the last index of the channel this node accepted, or nil:
+// an index with a lower version is ErrRollback, and so is one with the same
+// version but other content; the same index delivered again is accepted.
+// Signature and expiry failures are reported as by VerifyManifest; an index
+// of another channel than held is ErrInvalid.
+func (r *Root) VerifyIndex(envelope []byte, now time.Time, held *Index) (*Index, error) {
+	e, err := ParseEnvelope(envelope)
+	if err != nil {
+		return nil, err
+	}
+	if e.Type != TypeIndex {
+		return nil, fmt.Errorf("envelope holds a %s, want an index (%s): %w", e.Type, TypeIndex, ErrInvalid)
+	}
+	what := fmt.Sprintf("index of channel %s version %d", quoted(e.Channel), e.Version)
+	if err := r.expired(now); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := verifySignatures(e, r); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	ix, err := ParseIndex(e.Payload)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.checkFields(indexFields(ix)); err != nil {
+		return nil, err
+	}
+	if now.After(ix.Expires) {
+		return nil, fmt.Errorf("index of channel %s version %d expired at %s: %w", ix.Channel, ix.Version, ix.Expires.Format(time.RFC3339), ErrExpired)
+	}
+	if held == nil {
+		return ix, nil
+	}
+	if held.Channel != ix.Channel {
+		return nil, fmt.Errorf("index is of channel %s, the held index of channel %s: %w", ix.Channel, held.Channel, ErrInvalid)
+	}
+	switch {
+	case ix.Version > held.Version:
+		return ix, nil
+	case ix.Version == held.Version:
+		prev, err := MarshalIndex(held)
+		if err != nil {
+			return nil, fmt.Errorf("held index: %w", err)
+		}
+		if bytes.Equal(prev, e.Payload) {
+			return ix, nil
+		}
+		return nil, fmt.Errorf("index of channel %s version %d differs from the held index of the same version: %w", ix.Channel, ix.Version, ErrRollback)
+	default:
+		return nil, fmt.Errorf("index of channel %s version %d, this node holds version %d: %w", ix.Channel, ix.Version, held.Version, ErrRollback)
+	}
+}
