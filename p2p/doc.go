@@ -1,0 +1,21 @@
+// Package p2p owns everything a node says to other nodes: the libp2p host
+// (identity, transports, private network key, peer allowlist), the wire
+// protocols (manifest, have, chunk) with their framing and message
+// encodings, and upload rate limits. The swarm fetcher, which chooses which
+// chunk to get from which peer, and peer scoring belong here too, built on
+// the Client of these protocols.
+//
+// It depends on chunk storage only through the small interfaces it declares
+// or borrows from package store (Haser, FrameGetter), never on a concrete
+// store, and it knows nothing of installs.
+//
+// Every protocol is a small service, NewXService(h host.Host, ...), that
+// registers a handler under a versioned protocol ID and whose Close ends every
+// handler it is running. The client side is Client. Because services accept a
+// host.Host, tests run them over mocknet as well as over real loopback hosts.
+//
+// All messages are length-prefixed frames (see WriteFrame) with a size cap
+// chosen per call site, and every decoder is a pure function with a fuzz
+// target. A peer that sends anything malformed or oversized has its stream
+// reset.
+package p2p

@@ -1,0 +1,104 @@
+package p2p
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+)
+
+// defaultIdleTimeout is how long a handler or client waits for a peer to make
+// any progress, reading or writing, before it resets the stream.
+const defaultIdleTimeout = 30 * time.Second
+
+// handlers runs the stream handlers of one service, so that Close can end
+// every handler the service is running and wait for it: libp2p starts the
+// handler goroutines, but the service owns them.
+type handlers struct {
+	ctx    context.Context // ended by close; the parent of every handler's ctx
+	cancel context.CancelFunc
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	streams map[network.Stream]struct{}
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+func newHandlers(log *slog.Logger) *handlers {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &handlers{ctx: ctx, cancel: cancel, log: log, streams: make(map[network.Stream]struct{})}
+}
+
+// serve runs fn on s. If fn fails the stream is reset, telling the peer the
+// exchange did not complete; otherwise it is closed. A panic in fn, which
+// fuzzed decoders should make impossible, resets the stream instead of
+// killing the node.
+func (g *handlers) serve(s network.Stream, fn func(ctx context.Context, s network.Stream) error) {
+	if !g.add(s) {
+		_ = s.Reset()
+		return
+	}
+	defer g.remove(s)
+	defer func() {
+		if r := recover(); r != nil {
+			g.log.Error("p2p: handler panicked", "protocol", s.Protocol(), "peer", s.Conn().RemotePeer(), "panic", r, "stack", string(debug.Stack()))
+			_ = s.Reset()
+		}
+	}()
+	if err := fn(g.ctx, s); err != nil {
+		g.log.Debug("p2p: stream reset", "protocol", s.Protocol(), "peer", s.Conn().RemotePeer(), "err", err)
+		_ = s.Reset()
+		return
+	}
+	_ = s.Close()
+}
+
+func (g *handlers) add(s network.Stream) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.streams[s] = struct{}{}
+	g.wg.Add(1)
+	return true
+}
+
+func (g *handlers) remove(s network.Stream) {
+	g.mu.Lock()
+	delete(g.streams, s)
+	g.mu.Unlock()
+	g.wg.Done()
+}
+
+// close refuses new streams, resets the running ones, which interrupts any
+// read or write their handlers are blocked in, and waits for the handlers to
+// return.
+func (g *handlers) close() {
+	g.mu.Lock()
+	g.closed = true
+	streams := make([]network.Stream, 0, len(g.streams))
+	for s := range g.streams {
+		streams = append(streams, s)
+	}
+	g.mu.Unlock()
+	g.cancel()
+	for _, s := range streams {
+		_ = s.Reset()
+	}
+	g.wg.Wait()
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
