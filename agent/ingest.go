@@ -105,8 +105,9 @@ type IngestStats struct {
 // IngestOptions tune Ingest; the zero value is ready to use.
 type IngestOptions struct {
 	Chunking manifest.ChunkParams // default manifest.DefaultChunkParams
-	// Workers is how many chunks are compressed and written at once;
-	// default 4 per CPU, because a worker waiting on fsync uses no CPU.
+	// Workers is how many chunks are on their way into the store at once;
+	// default 4 per CPU, so that the cores stay busy while a worker writes
+	// a file or leads a flush of the store's write batch.
 	Workers  int
 	Progress func(bytes int64) // called with bytes read so far
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/ipfs/go-cid"
 
 	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/store"
 )
 
 // PublishStore is what publishing needs of a chunk store.
@@ -84,7 +85,22 @@ func Publish(ctx context.Context, s PublishStore, cat *Catalog, key ed25519.Priv
 		opts.Ingest.Chunking = params
 	}
 
-	files, stats, err := Ingest(ctx, s, sources, opts.Ingest)
+	// A disk store takes the chunks as one write batch: their durability is
+	// settled in large groups while compression goes on, then once more
+	// before the pin.
+	var adder ChunkAdder = s
+	batcher, batched := s.(interface{ NewBatch() *store.Batch })
+	var batch *store.Batch
+	if batched {
+		batch = batcher.NewBatch()
+		adder = batch
+	}
+	files, stats, err := Ingest(ctx, adder, sources, opts.Ingest)
+	if batched {
+		if cerr := batch.Commit(ctx); err == nil {
+			err = cerr
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

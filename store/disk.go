@@ -27,11 +27,11 @@ import (
 // The shard is the last two characters of the CID string, which spread
 // chunks over 256 directories (the leading characters of a CIDv1 are the same
 // for every chunk). Files are written to a temporary name in the same
-// directory (".tmp-*", never a valid chunk name), fsynced, and renamed, so a
+// directory (".tmp-*", never a valid chunk name), made durable, and renamed, so a
 // chunk file under its name is never torn, whatever happens to the writer.
 //
 // A Disk is safe for concurrent use, and concurrency is how Put gets fast:
-// ext4 commits the fsyncs of concurrent writers together.
+// the writes of concurrent Puts are made durable together (see groupCommit).
 type Disk struct {
 	chunks, pins string // directories
 
@@ -39,6 +39,8 @@ type Disk struct {
 	// chunk with GC's check-and-delete, so a chunk GC has judged stale
 	// cannot be refreshed by Put and deleted right after.
 	locks [256]sync.Mutex
+
+	commit groupCommit
 
 	mu    sync.Mutex
 	dirty map[string]struct{} // directories with renames not yet fsynced
@@ -182,10 +184,26 @@ func (d *Disk) refresh(id cid.Cid, p string) (bool, error) {
 	}
 }
 
-// write stores frame under p atomically. Two writers of the same chunk both
-// rename complete files with the same content, so the last rename winning is
-// harmless.
+// write stores frame under p atomically: it writes a temporary file in the
+// same directory and has the group commit make it durable and rename it into
+// place. Two writers of the same chunk both rename complete files with the
+// same content, so the last rename winning is harmless.
 func (d *Disk) write(id cid.Cid, p string, frame []byte) error {
+	tmp, err := d.writeTemp(id, p, frame)
+	if err != nil {
+		return err
+	}
+	if err := d.commit.commitNow(d.chunks, tmp, p); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("put %s: %w", id, err)
+	}
+	d.markDirty(filepath.Dir(p))
+	return nil
+}
+
+// writeTemp writes frame to a new temporary file in p's directory, without
+// making it durable, and returns its path.
+func (d *Disk) writeTemp(id cid.Cid, p string, frame []byte) (string, error) {
 	dir := filepath.Dir(p)
 	f, err := os.CreateTemp(dir, tempPrefix+"*")
 	if errors.Is(err, fs.ErrNotExist) {
@@ -197,25 +215,18 @@ func (d *Disk) write(id cid.Cid, p string, frame []byte) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("put %s: %w", id, err)
+		return "", fmt.Errorf("put %s: %w", id, err)
 	}
 	tmp := f.Name()
 	_, err = f.Write(frame)
-	if err == nil {
-		err = f.Sync()
-	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("put %s: %w", id, err)
+		return "", fmt.Errorf("put %s: %w", id, err)
 	}
-	d.markDirty(dir)
-	return nil
+	return tmp, nil
 }
 
 func (d *Disk) markDirty(dir string) {

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -55,6 +56,12 @@ var encoders = sync.Pool{New: func() any {
 	return enc
 }}
 
+// encodeSlots bounds the encoders in use to one per CPU. Writers may be many
+// more (they mostly wait for their files to become durable), and each encoder
+// holds megabytes of tables: without the bound, memory would follow the
+// number of writers rather than the number of cores.
+var encodeSlots = make(chan struct{}, runtime.GOMAXPROCS(0))
+
 var decoders = sync.Pool{New: func() any {
 	dec, err := zstd.NewReader(nil,
 		zstd.WithDecoderConcurrency(1),
@@ -80,9 +87,11 @@ func EncodeFrame(dst, data []byte) []byte {
 		return appendRawFrame(dst, data)
 	}
 	start := len(dst)
+	encodeSlots <- struct{}{}
 	enc := encoders.Get().(*zstd.Encoder)
 	out := enc.EncodeAll(data, dst)
 	encoders.Put(enc)
+	<-encodeSlots
 	if len(out)-start > len(data)-len(data)/minSaving {
 		return appendRawFrame(out[:start], data)
 	}
