@@ -1,0 +1,649 @@
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/store"
+)
+
+// FetchStore is what the swarm fetcher needs of a chunk store.
+type FetchStore interface {
+	store.Haser
+	store.FramePutter
+}
+
+// FetchConfig tunes Fetch. The zero value is ready to use.
+type FetchConfig struct {
+	// Notifier, if set, is told of every chunk stored, so that this node
+	// serves what it has to its own peers while it is still downloading.
+	Notifier *HaveNotifier
+	// BatchSize is how many chunks one request stream asks for (default
+	// 16, at most MaxChunkBatch).
+	BatchSize int
+	// InitialWindow is how many chunks may be in flight to a peer before
+	// its rate is known (default 2 batches).
+	InitialWindow int
+	// MaxWindow caps the chunks in flight to one peer (default 1024).
+	MaxWindow int
+	// QueueTime is how much of a peer's measured throughput is kept in
+	// flight (default 500 ms). The window follows the rate, so throughput
+	// is never capped at window × chunk size / RTT: on a long link the
+	// window grows until the pipe is full.
+	QueueTime time.Duration
+	// StallTimeout abandons a request stream that delivers no chunk for
+	// this long; its chunks go to other peers (default 15 s).
+	StallTimeout time.Duration
+	// MaxFailures is how many request streams to a peer may fail in a row
+	// before the fetch stops using it (default 3).
+	MaxFailures int
+	// IdleTimeout ends the fetch with an error when chunks are missing, no
+	// request is in flight and no peer announced anything new for this
+	// long (default 60 s).
+	IdleTimeout time.Duration
+	// Progress, if set, is called from the fetch's own goroutine after
+	// every chunk received; it must return quickly.
+	Progress func(FetchProgress)
+}
+
+// FetchProgress is a snapshot of a fetch, for progress bars and status.
+type FetchProgress struct {
+	ChunksTotal, ChunksDone int
+	BytesTotal, BytesDone   int64 // uncompressed bytes of the release's distinct chunks
+	WireBytes               int64 // frame bytes received so far
+	Peer                    peer.ID
+	PeerWireBytes           int64 // frame bytes received from Peer so far
+}
+
+// PeerStats is what one peer contributed to a fetch.
+type PeerStats struct {
+	Chunks    int    // chunks it sent that were stored
+	WireBytes int64  // frame bytes received from it, good or bad
+	Banned    bool   // it sent a chunk that failed verification
+	Dropped   string // why the fetch stopped using it, if it did
+}
+
+// FetchResult sums up a fetch.
+type FetchResult struct {
+	ChunksTotal   int   // distinct chunks of the release
+	ChunksPresent int   // already stored when the fetch started
+	ChunksFetched int   // received, verified and stored by this fetch
+	BytesFetched  int64 // frame bytes received, including duplicates and rejects
+	Duplicates    int   // chunks received twice in the endgame
+	Peers         map[peer.ID]*PeerStats
+}
+
+// ErrNoSource means chunks are missing that no usable peer has.
+var ErrNoSource = errors.New("no peer has the missing chunks")
+
+// errBadChunk stops a request stream whose peer sent a chunk that failed
+// verification.
+var errBadChunk = errors.New("chunk failed verification")
+
+// Fetch downloads the chunks of m that s lacks from peers, and stores each
+// after verifying it. manifestID names m on the have protocol. Chunks are
+// requested rarest first across the peers that have them, several request
+// streams in flight per peer with a window that follows each peer's
+// throughput, so faster peers get more work; once every missing chunk is
+// requested, the last ones are requested again from other peers (endgame). A
+// peer that sends a chunk that fails verification is banned for this fetch; a
+// peer whose streams stall is dropped after MaxFailures and its chunks go
+// elsewhere. Every chunk is durable once stored, so a fetch that is stopped
+// and started again fetches only what is still missing.
+//
+// The caller adds the peers' addresses to h's peerstore; peers that cannot
+// be reached are recorded in the result and skipped.
+func Fetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manifest, manifestID cid.Cid, peers []peer.ID, cfg FetchConfig) (*FetchResult, error) {
+	f, err := newFetch(ctx, h, s, m, manifestID, peers, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return f.run(ctx)
+}
+
+// chunk states
+const (
+	missing = iota
+	requested
+	stored
+)
+
+type fetchPeer struct {
+	id       peer.ID
+	have     Bitmap // nil until the have subscription opens
+	sub      *HaveSubscription
+	inflight int             // chunks requested and not yet answered
+	asked    map[int]bool    // chunks requested from this peer and not yet answered
+	window   int             // chunks allowed in flight
+	rate     float64         // EWMA of bytes/s
+	sample   int64           // bytes since sampleAt
+	sampleAt time.Time       // start of the current rate sample
+	failures int             // request streams failed in a row
+	ctx      context.Context // ends when the peer is dropped
+	cancel   func()          // cancels its streams
+	stats    *PeerStats
+	gone     bool // banned or dropped: never asked again
+}
+
+// fetchEvent is anything that changes the fetch's state; the fetch's own
+// goroutine applies events one at a time, so the state needs no lock.
+type fetchEvent struct {
+	peer    peer.ID
+	kind    int
+	sub     *HaveSubscription // haveOpened
+	indexes []int             // haveUpdate: chunks announced; batchDone: chunks not answered
+	index   int               // chunkStored, chunkRejected, chunkAbsent
+	wire    int64
+	err     error
+	dup     bool
+}
+
+const (
+	haveOpened = iota
+	haveFailed
+	haveUpdate
+	haveEnded
+	chunkStored
+	chunkRejected
+	chunkAbsent
+	batchDone
+)
+
+type fetch struct {
+	h          host.Host
+	s          FetchStore
+	cfg        FetchConfig
+	client     *Client
+	manifestID cid.Cid
+	ids        []cid.Cid
+	sizes      []int64
+	index      map[cid.Cid]int
+	state      []uint8
+	copies     []uint8 // requests in flight per chunk
+	avail      []int   // how many usable peers have each chunk
+	pending    []int   // missing chunks not in flight, in random order
+	pendingPos []int   // position of each chunk in pending, or -1
+	remaining  int
+	bytesTotal int64
+	bytesDone  int64
+	peers      map[peer.ID]*fetchPeer
+	order      []*fetchPeer
+	events     chan fetchEvent
+	wg         sync.WaitGroup
+	res        FetchResult
+	lastNews   time.Time
+	rng        *rand.Rand
+}
+
+func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manifest, manifestID cid.Cid, peers []peer.ID, cfg FetchConfig) (*fetch, error) {
+	if cfg.BatchSize <= 0 || cfg.BatchSize > MaxChunkBatch {
+		cfg.BatchSize = min(16, MaxChunkBatch)
+	}
+	if cfg.InitialWindow <= 0 {
+		cfg.InitialWindow = 2 * cfg.BatchSize
+	}
+	if cfg.MaxWindow <= 0 {
+		cfg.MaxWindow = 1024
+	}
+	cfg.MaxWindow = max(cfg.MaxWindow, cfg.InitialWindow)
+	cfg.QueueTime = orDefault(cfg.QueueTime, 500*time.Millisecond)
+	cfg.StallTimeout = orDefault(cfg.StallTimeout, 15*time.Second)
+	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, time.Minute)
+	if cfg.MaxFailures <= 0 {
+		cfg.MaxFailures = 3
+	}
+	ids := m.ChunkIDs()
+	if len(ids) > MaxReleaseChunks {
+		return nil, fmt.Errorf("release %s has %d chunks, more than the have protocol's %d", m.Name, len(ids), MaxReleaseChunks)
+	}
+	sizes := make(map[cid.Cid]int64, len(ids))
+	for _, file := range m.Files {
+		for _, c := range file.Chunks {
+			sizes[c.CID] = int64(c.Size)
+		}
+	}
+	f := &fetch{
+		h:          h,
+		s:          s,
+		cfg:        cfg,
+		client:     &Client{Host: h, IdleTimeout: cfg.StallTimeout, ChunkTimeout: cfg.StallTimeout},
+		manifestID: manifestID,
+		ids:        ids,
+		sizes:      make([]int64, len(ids)),
+		index:      make(map[cid.Cid]int, len(ids)),
+		state:      make([]uint8, len(ids)),
+		copies:     make([]uint8, len(ids)),
+		avail:      make([]int, len(ids)),
+		pendingPos: make([]int, len(ids)),
+		peers:      make(map[peer.ID]*fetchPeer),
+		events:     make(chan fetchEvent, 256),
+		rng:        rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		res:        FetchResult{ChunksTotal: len(ids), Peers: make(map[peer.ID]*PeerStats)},
+	}
+	for i, id := range ids {
+		f.index[id] = i
+		f.sizes[i] = sizes[id]
+		f.bytesTotal += sizes[id]
+		f.pendingPos[i] = -1
+		ok, err := s.Has(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("fetch %s: %w", m.Name, err)
+		}
+		if ok {
+			f.state[i] = stored
+			f.res.ChunksPresent++
+			f.bytesDone += sizes[id]
+			continue
+		}
+		f.remaining++
+		f.pendingPos[i] = len(f.pending)
+		f.pending = append(f.pending, i)
+	}
+	// A random order spreads fetchers that start together over different
+	// chunks, so they have something to trade from the start.
+	f.rng.Shuffle(len(f.pending), func(a, b int) {
+		f.pending[a], f.pending[b] = f.pending[b], f.pending[a]
+		f.pendingPos[f.pending[a]] = a
+		f.pendingPos[f.pending[b]] = b
+	})
+	for _, p := range peers {
+		if p == h.ID() || f.peers[p] != nil {
+			continue
+		}
+		fp := &fetchPeer{id: p, window: cfg.InitialWindow, asked: map[int]bool{}, stats: &PeerStats{}}
+		f.peers[p] = fp
+		f.order = append(f.order, fp)
+		f.res.Peers[p] = fp.stats
+	}
+	return f, nil
+}
+
+func (f *fetch) run(ctx context.Context) (*FetchResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		for _, p := range f.order {
+			if p.sub != nil {
+				p.sub.Close()
+			}
+		}
+		// Drain events until every goroutine has ended, so none blocks
+		// on a send.
+		done := make(chan struct{})
+		go func() { f.wg.Wait(); close(done) }()
+		for {
+			select {
+			case <-f.events:
+			case <-done:
+				return
+			}
+		}
+	}()
+	if f.remaining == 0 {
+		return &f.res, nil
+	}
+	if len(f.order) == 0 {
+		return &f.res, fmt.Errorf("fetch: no peers given: %w", ErrNoSource)
+	}
+	for _, p := range f.order {
+		p.ctx, p.cancel = context.WithCancel(ctx)
+		f.goSend(func() fetchEvent {
+			sub, err := f.client.OpenHave(p.ctx, p.id, f.manifestID, len(f.ids))
+			if err != nil {
+				return fetchEvent{peer: p.id, kind: haveFailed, err: err}
+			}
+			return fetchEvent{peer: p.id, kind: haveOpened, sub: sub}
+		})
+	}
+	f.lastNews = time.Now()
+	idle := time.NewTicker(f.cfg.IdleTimeout / 4)
+	defer idle.Stop()
+	for f.remaining > 0 {
+		select {
+		case <-ctx.Done():
+			return &f.res, ctx.Err()
+		case ev := <-f.events:
+			if err := f.apply(ctx, ev); err != nil {
+				return &f.res, err
+			}
+		case <-idle.C:
+		}
+		f.schedule()
+		if err := f.checkProgress(); err != nil {
+			return &f.res, err
+		}
+	}
+	return &f.res, nil
+}
+
+// goSend runs fn in a goroutine and hands its event to the fetch.
+func (f *fetch) goSend(fn func() fetchEvent) {
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		f.events <- fn()
+	}()
+}
+
+// checkProgress fails the fetch when it cannot move: chunks are missing,
+// nothing is in flight, and either no usable peer is left or none has said
+// anything new for IdleTimeout.
+func (f *fetch) checkProgress() error {
+	usable, waiting := 0, false
+	for _, p := range f.order {
+		if p.gone {
+			continue
+		}
+		usable++
+		if p.inflight > 0 || p.have == nil {
+			waiting = true
+		}
+	}
+	if waiting {
+		return nil
+	}
+	if usable == 0 {
+		return fmt.Errorf("fetch: %d chunks missing and every peer failed (%s): %w", f.remaining, f.peerErrors(), ErrNoSource)
+	}
+	if time.Since(f.lastNews) > f.cfg.IdleTimeout {
+		return fmt.Errorf("fetch: %d chunks missing that none of %d peers has announced for %s: %w", f.remaining, usable, f.cfg.IdleTimeout, ErrNoSource)
+	}
+	return nil
+}
+
+func (f *fetch) peerErrors() string {
+	var msgs []string
+	for _, p := range f.order {
+		if p.stats.Dropped != "" {
+			msgs = append(msgs, fmt.Sprintf("%s: %s", p.id.ShortString(), p.stats.Dropped))
+		}
+	}
+	sort.Strings(msgs)
+	if len(msgs) > 3 {
+		msgs = append(msgs[:3], fmt.Sprintf("and %d more", len(msgs)-3))
+	}
+	return fmt.Sprint(msgs)
+}
+
+func (f *fetch) apply(ctx context.Context, ev fetchEvent) error {
+	p := f.peers[ev.peer]
+	switch ev.kind {
+	case haveOpened:
+		if p.gone {
+			ev.sub.Close()
+			return nil
+		}
+		p.sub, p.have = ev.sub, ev.sub.Have
+		for i := range f.ids {
+			if p.have.Has(i) {
+				f.avail[i]++
+			}
+		}
+		f.lastNews = time.Now()
+		sub := ev.sub
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			for idx := range sub.Updates {
+				f.events <- fetchEvent{peer: sub.Peer, kind: haveUpdate, indexes: idx}
+			}
+			f.events <- fetchEvent{peer: sub.Peer, kind: haveEnded, err: sub.Err()}
+		}()
+	case haveFailed:
+		f.drop(p, fmt.Sprintf("have: %v", ev.err))
+	case haveUpdate:
+		if p.gone {
+			return nil
+		}
+		for _, i := range ev.indexes {
+			if !p.have.Has(i) {
+				p.have.Set(i)
+				f.avail[i]++
+			}
+		}
+		f.lastNews = time.Now()
+	case haveEnded:
+		// The peer stays usable for what it announced; it just tells us
+		// nothing new.
+	case chunkStored:
+		delete(p.asked, ev.index)
+		p.inflight--
+		p.failures = 0
+		f.countWire(p, ev.wire)
+		if f.copies[ev.index] > 0 {
+			f.copies[ev.index]--
+		}
+		if f.state[ev.index] == stored {
+			f.res.Duplicates++
+			return nil
+		}
+		f.state[ev.index] = stored
+		f.remaining--
+		f.res.ChunksFetched++
+		f.bytesDone += f.sizes[ev.index]
+		p.stats.Chunks++
+		if f.cfg.Progress != nil {
+			f.cfg.Progress(FetchProgress{
+				ChunksTotal: len(f.ids), ChunksDone: len(f.ids) - f.remaining,
+				BytesTotal: f.bytesTotal, BytesDone: f.bytesDone, WireBytes: f.res.BytesFetched,
+				Peer: p.id, PeerWireBytes: p.stats.WireBytes,
+			})
+		}
+	case chunkRejected:
+		f.countWire(p, ev.wire)
+		p.stats.Banned = true
+		f.drop(p, fmt.Sprintf("banned: %v", ev.err))
+	case chunkAbsent:
+		// It announced the chunk and then did not have it: ask elsewhere,
+		// and not it again.
+		delete(p.asked, ev.index)
+		p.inflight--
+		f.unrequest(ev.index)
+		if p.have.Has(ev.index) {
+			p.have[ev.index/8] &^= 0x80 >> (ev.index % 8)
+			f.avail[ev.index]--
+		}
+	case batchDone:
+		for _, i := range ev.indexes {
+			if p.asked[i] {
+				delete(p.asked, i)
+				p.inflight--
+				f.unrequest(i)
+			}
+		}
+		if ev.err != nil && !p.gone && ctx.Err() == nil {
+			p.failures++
+			p.window = max(f.cfg.BatchSize, p.window/2)
+			if p.failures >= f.cfg.MaxFailures {
+				f.drop(p, ev.err.Error())
+			}
+		}
+	}
+	return nil
+}
+
+// countWire counts bytes received from p and updates its rate and window.
+func (f *fetch) countWire(p *fetchPeer, n int64) {
+	f.res.BytesFetched += n
+	p.stats.WireBytes += n
+	p.sample += n
+	now := time.Now()
+	if p.sampleAt.IsZero() {
+		p.sampleAt = now
+		return
+	}
+	if el := now.Sub(p.sampleAt); el >= 50*time.Millisecond {
+		r := float64(p.sample) / el.Seconds()
+		if p.rate == 0 {
+			p.rate = r
+		} else {
+			p.rate = 0.7*p.rate + 0.3*r
+		}
+		p.sample, p.sampleAt = 0, now
+		avg := float64(f.bytesTotal) / float64(max(1, len(f.ids)))
+		w := int(p.rate * f.cfg.QueueTime.Seconds() / avg)
+		p.window = min(f.cfg.MaxWindow, max(f.cfg.InitialWindow, w))
+	}
+}
+
+// unrequest puts a chunk whose request failed back among the pending ones.
+func (f *fetch) unrequest(i int) {
+	if f.copies[i] > 0 {
+		f.copies[i]--
+	}
+	if f.state[i] == requested && f.copies[i] == 0 {
+		f.state[i] = missing
+		f.pendingPos[i] = len(f.pending)
+		f.pending = append(f.pending, i)
+	}
+}
+
+// take removes a chunk from pending and marks it requested.
+func (f *fetch) take(i int) {
+	pos := f.pendingPos[i]
+	last := f.pending[len(f.pending)-1]
+	f.pending[pos] = last
+	f.pendingPos[last] = pos
+	f.pending = f.pending[:len(f.pending)-1]
+	f.pendingPos[i] = -1
+	f.state[i] = requested
+}
+
+// drop stops using p: its streams end, its subscription closes and what it
+// had stops counting towards availability.
+func (f *fetch) drop(p *fetchPeer, why string) {
+	if p.gone {
+		return
+	}
+	p.gone = true
+	p.stats.Dropped = why
+	if p.cancel != nil {
+		p.cancel()
+	}
+	if p.have != nil {
+		for i := range f.ids {
+			if p.have.Has(i) {
+				f.avail[i]--
+			}
+		}
+	}
+	// Its batches report batchDone as they end; their chunks return to
+	// pending then.
+}
+
+// schedule gives every usable peer with room in its window a batch of the
+// rarest missing chunks it has, and in the endgame duplicates of chunks in
+// flight elsewhere.
+func (f *fetch) schedule() {
+	for progress := true; progress; {
+		progress = false
+		for _, p := range f.order {
+			if p.gone || p.have == nil || p.window-p.inflight < min(f.cfg.BatchSize, f.remaining) {
+				continue
+			}
+			batch := f.pickRarest(p, min(f.cfg.BatchSize, p.window-p.inflight))
+			if len(batch) == 0 && len(f.pending) == 0 {
+				batch = f.pickEndgame(p, min(f.cfg.BatchSize, p.window-p.inflight))
+			}
+			if len(batch) == 0 {
+				continue
+			}
+			f.request(p, batch)
+			progress = true
+		}
+	}
+}
+
+// pickRarest chooses up to n pending chunks p has, the fewest peers having
+// them first. Pending is in random order, so ties fall at random.
+func (f *fetch) pickRarest(p *fetchPeer, n int) []int {
+	if len(f.pending) == 0 {
+		return nil
+	}
+	best := make([]int, 0, n)
+	start := f.rng.IntN(len(f.pending))
+	for k := range f.pending {
+		i := f.pending[(start+k)%len(f.pending)]
+		if !p.have.Has(i) {
+			continue
+		}
+		if len(best) == n && f.avail[i] >= f.avail[best[n-1]] {
+			continue
+		}
+		// Insert in order of availability into the short list.
+		pos := sort.Search(len(best), func(j int) bool { return f.avail[best[j]] > f.avail[i] })
+		if len(best) < n {
+			best = append(best, 0)
+		}
+		copy(best[pos+1:], best[pos:])
+		best[pos] = i
+	}
+	for _, i := range best {
+		f.take(i)
+	}
+	return best
+}
+
+// pickEndgame chooses up to n chunks in flight to other peers that p has,
+// least-duplicated first, so the slowest peers do not decide when the fetch
+// ends.
+func (f *fetch) pickEndgame(p *fetchPeer, n int) []int {
+	var picks []int
+	for i, st := range f.state {
+		if st == requested && f.copies[i] < 2 && !p.asked[i] && p.have.Has(i) {
+			picks = append(picks, i)
+			if len(picks) == n {
+				break
+			}
+		}
+	}
+	return picks
+}
+
+// request sends one batch to p in its own goroutine. Each chunk is verified
+// and stored as it arrives, so verification overlaps the transfer.
+func (f *fetch) request(p *fetchPeer, batch []int) {
+	ids := make([]cid.Cid, len(batch))
+	for k, i := range batch {
+		ids[k] = f.ids[i]
+		f.copies[i]++
+		f.state[i] = requested
+		p.asked[i] = true
+	}
+	p.inflight += len(batch)
+	pctx := p.ctx
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		answered := 0
+		err := f.client.GetChunks(pctx, p.id, ids, func(id cid.Cid, frame []byte) error {
+			i := batch[answered]
+			answered++
+			if frame == nil {
+				f.events <- fetchEvent{peer: p.id, kind: chunkAbsent, index: i}
+				return nil
+			}
+			if err := f.s.PutFrame(pctx, id, frame); err != nil {
+				if errors.Is(err, store.ErrMismatch) || errors.Is(err, store.ErrCorrupt) {
+					f.events <- fetchEvent{peer: p.id, kind: chunkRejected, index: i, wire: int64(len(frame)), err: err}
+					return errBadChunk
+				}
+				return err
+			}
+			f.cfg.Notifier.Stored(id)
+			f.events <- fetchEvent{peer: p.id, kind: chunkStored, index: i, wire: int64(len(frame))}
+			return nil
+		})
+		f.events <- fetchEvent{peer: p.id, kind: batchDone, indexes: batch, err: err}
+	}()
+}
