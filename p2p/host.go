@@ -126,6 +126,22 @@ func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 	return h, nil
 }
 
+// LoadPeerID returns the peer ID of the node whose data dir is dir, making
+// its identity key on first use, as NewHost would.
+func LoadPeerID(dir string) (peer.ID, error) {
+	if dir == "" {
+		return "", fmt.Errorf("no data dir: %w", ErrConfig)
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", err
+	}
+	key, err := loadIdentity(dir)
+	if err != nil {
+		return "", err
+	}
+	return peer.IDFromPrivateKey(key)
+}
+
 // loadIdentity reads the node's key from dir, creating it on first use. An
 // empty dir gives a fresh key.
 func loadIdentity(dir string) (crypto.PrivKey, error) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/patchctl/patchctl/agent"
 	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/p2p"
 	"github.com/patchctl/patchctl/store"
 )
 
@@ -53,7 +54,8 @@ func exitCode(err error) int {
 		errors.Is(err, manifest.ErrTooLarge), errors.Is(err, manifest.ErrChunkMismatch),
 		errors.Is(err, store.ErrCorrupt), errors.Is(err, store.ErrMismatch):
 		return exitBad
-	case errors.Is(err, agent.ErrReleaseNotFound), errors.Is(err, store.ErrNotFound), errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, agent.ErrReleaseNotFound), errors.Is(err, store.ErrNotFound), errors.Is(err, os.ErrNotExist),
+		errors.Is(err, p2p.ErrNotFound), errors.Is(err, p2p.ErrNoSource):
 		return exitNotFound
 	default:
 		return exitOperation
@@ -96,6 +98,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			fsckCommand(),
 			gcCommand(),
 			rmCommand(),
+			serveCommand(),
+			fetchCommand(),
+			idCommand(),
 		},
 		Writer:          stdout,
 		ErrWriter:       stderr,

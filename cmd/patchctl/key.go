@@ -9,13 +9,36 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/p2p"
 )
 
 func keyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "key",
-		Usage: "make signing keys",
+		Usage: "make signing keys and private network keys",
 		Subcommands: []*cli.Command{
+			{
+				Name:      "network",
+				Usage:     "make a private network key (swarm.key): only nodes holding it can join the swarm",
+				ArgsUsage: " ",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "out", Usage: "write the key to `FILE` (mode 0600)", Required: true},
+				},
+				Action: func(c *cli.Context) error {
+					if err := exactArgs(c, 0, "no arguments"); err != nil {
+						return err
+					}
+					g := globalsOf(c)
+					if err := writeNewFile(c.String("out"), p2p.GenerateNetworkKey(), 0o600); err != nil {
+						return err
+					}
+					if g.json {
+						return g.printJSON(map[string]string{"network_key": c.String("out")})
+					}
+					fmt.Fprintf(g.stdout, "network key: %s (give it to every node of the swarm, keep it secret)\n", c.String("out"))
+					return nil
+				},
+			},
 			{
 				Name:      "generate",
 				Usage:     "make an ed25519 signing key pair: NAME.key (private, mode 0600) and NAME.pub",
