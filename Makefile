@@ -38,7 +38,7 @@ fuzz:
 BENCH      ?= .
 BENCHCOUNT ?= 3
 bench:
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count $(BENCHCOUNT) -timeout 60m $(PKGS) | tee bench.out | $(GO) run ./cmd/benchtable
+	$(GO) test -run '^$$' -bench '$(BENCH)' -count $(BENCHCOUNT) -timeout 90m $(PKGS) | tee bench.out | $(GO) run ./cmd/benchtable
 
 # Generate a signing key and trust root, publish a generated service pack,
 # verify it and extract it, all under ./example.

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -51,6 +52,10 @@ type FetchConfig struct {
 	// request is in flight and no peer announced anything new for this
 	// long (default 60 s).
 	IdleTimeout time.Duration
+	// StoreWriters is how many received chunks may be being verified and
+	// stored at once (default DefaultStoreWriters). It bounds the memory
+	// of chunks received and not yet stored.
+	StoreWriters int
 	// Progress, if set, is called from the fetch's own goroutine after
 	// every chunk received; it must return quickly.
 	Progress func(FetchProgress)
@@ -82,6 +87,12 @@ type FetchResult struct {
 	Duplicates    int   // chunks received twice in the endgame
 	Peers         map[peer.ID]*PeerStats
 }
+
+// DefaultStoreWriters keeps enough chunks on their way into the store that a
+// disk store's group commit makes many durable per flush: with 16 writers a
+// flush of this project's disks took ~1 MiB at a time (~84 MB/s), with 64
+// several times that.
+const DefaultStoreWriters = 64
 
 // ErrNoSource means chunks are missing that no usable peer has.
 var ErrNoSource = errors.New("no peer has the missing chunks")
@@ -156,6 +167,8 @@ const (
 	chunkStored
 	chunkRejected
 	chunkAbsent
+	chunkUnstored
+	storeFailed
 	batchDone
 )
 
@@ -183,6 +196,8 @@ type fetch struct {
 	res        FetchResult
 	lastNews   time.Time
 	rng        *rand.Rand
+	writers    chan struct{} // a slot per chunk being stored
+	frames     sync.Pool     // *[]byte copies of received frames
 }
 
 func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manifest, manifestID cid.Cid, peers []peer.ID, cfg FetchConfig) (*fetch, error) {
@@ -201,6 +216,9 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, time.Minute)
 	if cfg.MaxFailures <= 0 {
 		cfg.MaxFailures = 3
+	}
+	if cfg.StoreWriters <= 0 {
+		cfg.StoreWriters = DefaultStoreWriters
 	}
 	ids := m.ChunkIDs()
 	if len(ids) > MaxReleaseChunks {
@@ -228,6 +246,8 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 		peers:      make(map[peer.ID]*fetchPeer),
 		events:     make(chan fetchEvent, 256),
 		rng:        rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		writers:    make(chan struct{}, cfg.StoreWriters),
+		frames:     sync.Pool{New: func() any { return new([]byte) }},
 		res:        FetchResult{ChunksTotal: len(ids), Peers: make(map[peer.ID]*PeerStats)},
 	}
 	for i, id := range ids {
@@ -453,6 +473,10 @@ func (f *fetch) apply(ctx context.Context, ev fetchEvent) error {
 			p.have[ev.index/8] &^= 0x80 >> (ev.index % 8)
 			f.avail[ev.index]--
 		}
+	case chunkUnstored:
+		// Left in p.asked: batchDone returns it to pending.
+	case storeFailed:
+		return ev.err
 	case batchDone:
 		for _, i := range ev.indexes {
 			if p.asked[i] {
@@ -610,8 +634,11 @@ func (f *fetch) pickEndgame(p *fetchPeer, n int) []int {
 	return picks
 }
 
-// request sends one batch to p in its own goroutine. Each chunk is verified
-// and stored as it arrives, so verification overlaps the transfer.
+// request sends one batch to p in its own goroutine. Each chunk is handed to
+// a store writer as it arrives, so the stream goes on while earlier chunks are
+// verified and wait for the store to make them durable; the batch reports
+// done only after its writers have, so no chunk is both stored and asked
+// again.
 func (f *fetch) request(p *fetchPeer, batch []int) {
 	ids := make([]cid.Cid, len(batch))
 	for k, i := range batch {
@@ -625,25 +652,63 @@ func (f *fetch) request(p *fetchPeer, batch []int) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
+		var puts sync.WaitGroup
+		var bad atomic.Bool
 		answered := 0
 		err := f.client.GetChunks(pctx, p.id, ids, func(id cid.Cid, frame []byte) error {
 			i := batch[answered]
 			answered++
+			if bad.Load() {
+				return errBadChunk
+			}
 			if frame == nil {
 				f.events <- fetchEvent{peer: p.id, kind: chunkAbsent, index: i}
 				return nil
 			}
-			if err := f.s.PutFrame(pctx, id, frame); err != nil {
-				if errors.Is(err, store.ErrMismatch) || errors.Is(err, store.ErrCorrupt) {
-					f.events <- fetchEvent{peer: p.id, kind: chunkRejected, index: i, wire: int64(len(frame)), err: err}
-					return errBadChunk
-				}
-				return err
+			buf := f.frames.Get().(*[]byte)
+			*buf = append((*buf)[:0], frame...)
+			select {
+			case f.writers <- struct{}{}:
+			case <-pctx.Done():
+				f.frames.Put(buf)
+				return pctx.Err()
 			}
-			f.cfg.Notifier.Stored(id)
-			f.events <- fetchEvent{peer: p.id, kind: chunkStored, index: i, wire: int64(len(frame))}
+			puts.Add(1)
+			go func() {
+				defer puts.Done()
+				ev := f.store(pctx, p.id, i, id, *buf)
+				<-f.writers
+				f.frames.Put(buf)
+				if ev.kind == chunkRejected {
+					bad.Store(true)
+				}
+				f.events <- ev
+			}()
 			return nil
 		})
+		puts.Wait()
+		if bad.Load() && err == nil {
+			err = errBadChunk
+		}
 		f.events <- fetchEvent{peer: p.id, kind: batchDone, indexes: batch, err: err}
 	}()
+}
+
+// store verifies and stores one chunk received from p.
+func (f *fetch) store(ctx context.Context, p peer.ID, i int, id cid.Cid, frame []byte) fetchEvent {
+	err := f.s.PutFrame(ctx, id, frame)
+	switch {
+	case err == nil:
+		f.cfg.Notifier.Stored(id)
+		return fetchEvent{peer: p, kind: chunkStored, index: i, wire: int64(len(frame))}
+	case errors.Is(err, store.ErrMismatch), errors.Is(err, store.ErrCorrupt):
+		return fetchEvent{peer: p, kind: chunkRejected, index: i, wire: int64(len(frame)), err: err}
+	case ctx.Err() != nil:
+		// The peer was dropped or the fetch ended: the chunk goes back
+		// to pending with the rest of the batch.
+		return fetchEvent{peer: p, kind: chunkUnstored, index: i}
+	default:
+		// The store itself failed (a full disk, say): no peer can help.
+		return fetchEvent{peer: p, kind: storeFailed, index: i, err: fmt.Errorf("store chunk %s: %w", id, err)}
+	}
 }

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -52,4 +55,69 @@ func BenchmarkPublishPeakRSS4GiB(b *testing.B) {
 	}
 	b.ReportMetric(rssMiB, "peak_rss_MiB")
 	b.ReportMetric(float64(size)/elapsed.Seconds()/1e6, "publish_MB/s")
+}
+
+// BenchmarkFetchPeakRSS2GiB serves a 2 GiB software-like release from one
+// `patchctl serve` process and fetches it with another, reporting the
+// fetcher's peak resident memory (target: at most 150 MiB) and its rate.
+func BenchmarkFetchPeakRSS2GiB(b *testing.B) {
+	const size = 2 << 30
+	dir := b.TempDir()
+	src := filepath.Join(dir, "pack.bin")
+	f, err := os.Create(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(f, packgen.New(43, size, packgen.Software)); err != nil {
+		b.Fatal(err)
+	}
+	f.Close()
+	run := func(args ...string) []byte {
+		out, err := exec.Command(patchctlBin, args...).CombinedOutput()
+		if err != nil {
+			b.Fatalf("patchctl %v: %v: %s", args, err, out)
+		}
+		return out
+	}
+	key := filepath.Join(dir, "k")
+	run("key", "generate", "--out", key)
+	run("trust", "init", "--key", key+".key", "--out", filepath.Join(dir, "trust.json"))
+	seedData := filepath.Join(dir, "seed")
+	run("--data-dir", seedData, "publish", "--key", key+".key", "--name", "SP-S041000005", src)
+	os.Remove(src)
+
+	serve := exec.Command(patchctlBin, "--data-dir", seedData, "serve", "--listen", "/ip4/127.0.0.1/tcp/0")
+	stdout, err := serve.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := serve.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { serve.Process.Kill(); serve.Wait() }()
+	addr, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rssMiB, rate float64
+	for b.Loop() {
+		data := filepath.Join(b.TempDir(), "fetcher")
+		cmd := exec.Command(patchctlBin, "--data-dir", data, "--json", "fetch", "--trust", filepath.Join(dir, "trust.json"),
+			"--peer", strings.TrimSpace(addr), "--listen", "/ip4/127.0.0.1/tcp/0", "SP-S041000005")
+		out, err := cmd.Output()
+		if err != nil {
+			b.Fatalf("fetch: %v: %s", err, out)
+		}
+		var sum struct {
+			BytesFetched int64   `json:"bytes_fetched"`
+			Seconds      float64 `json:"seconds"`
+		}
+		if err := json.Unmarshal(out, &sum); err != nil {
+			b.Fatal(err)
+		}
+		rssMiB = float64(cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
+		rate = float64(sum.BytesFetched) / sum.Seconds / 1e6
+	}
+	b.ReportMetric(rssMiB, "peak_rss_MiB")
+	b.ReportMetric(rate, "fetch_wire_MB/s")
 }
