@@ -153,7 +153,11 @@ func TestChunkServerResetsGarbage(t *testing.T) {
 					wantReset(t, got, err)
 					// The server still serves well-formed requests.
 					n := 0
-					if err := GetChunks(testContext(t), client, server.ID(), ids, func(cid.Cid, []byte) error { n++; return nil }); err != nil || n != len(ids) {
+					err = againAfterGarbage(t, client, server.ID(), func() error {
+						n = 0
+						return GetChunks(testContext(t), client, server.ID(), ids, func(cid.Cid, []byte) error { n++; return nil })
+					})
+					if err != nil || n != len(ids) {
 						t.Fatalf("after %s: %d chunks, %v", tc.name, n, err)
 					}
 				})

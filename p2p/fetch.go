@@ -461,8 +461,13 @@ func (f *fetch) apply(ctx context.Context, ev fetchEvent) error {
 		}
 	case chunkRejected:
 		f.countWire(p, ev.wire)
-		p.stats.Banned = true
-		f.drop(p, fmt.Sprintf("banned: %v", ev.err))
+		if !p.stats.Banned {
+			p.stats.Banned = true
+			f.drop(p, fmt.Sprintf("banned: %v", ev.err))
+			// A peer that lies about content is cut off, not only
+			// ignored: its other streams would be wasted reads.
+			_ = f.h.Network().ClosePeer(p.id)
+		}
 	case chunkAbsent:
 		// It announced the chunk and then did not have it: ask elsewhere,
 		// and not it again.

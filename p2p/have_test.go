@@ -133,7 +133,11 @@ func TestHaveServerResetsGarbage(t *testing.T) {
 				t.Run(tc.name, func(t *testing.T) {
 					got, err := sendRaw(t, client, server.ID(), HaveProtocol, tc.raw)
 					wantReset(t, got, err)
-					sub, err := OpenHave(testContext(t), client, server.ID(), mid, len(ids))
+					var sub *HaveSubscription
+					err = againAfterGarbage(t, client, server.ID(), func() (err error) {
+						sub, err = OpenHave(testContext(t), client, server.ID(), mid, len(ids))
+						return err
+					})
 					if err != nil {
 						t.Fatalf("after %s: %v", tc.name, err)
 					}

@@ -187,3 +187,17 @@ func frameOf(p []byte) []byte {
 	_ = WriteFrame(&b, p)
 	return b.Bytes()
 }
+
+// againAfterGarbage runs a well-formed exchange after a peer sent garbage. The
+// server cuts off peers that break the protocol, so if the exchange fails it
+// waits for the connection to go and tries once more on a new one.
+func againAfterGarbage(t *testing.T, client host.Host, server peer.ID, exchange func() error) error {
+	t.Helper()
+	if err := exchange(); err == nil {
+		return nil
+	}
+	eventually(t, "the server to cut the connection", func() bool {
+		return client.Network().Connectedness(server) != network.Connected
+	})
+	return exchange()
+}

@@ -76,7 +76,12 @@ func TestManifestServerResetsGarbage(t *testing.T) {
 				t.Run(tc.name, func(t *testing.T) {
 					got, err := sendRaw(t, client, server.ID(), ManifestProtocol, tc.raw)
 					wantReset(t, got, err)
-					if env, err := GetEnvelope(testContext(t), client, server.ID(), "a"); err != nil || string(env) != "env" {
+					var env []byte
+					err = againAfterGarbage(t, client, server.ID(), func() (err error) {
+						env, err = GetEnvelope(testContext(t), client, server.ID(), "a")
+						return err
+					})
+					if err != nil || string(env) != "env" {
 						t.Fatalf("after %s: %q, %v", tc.name, env, err)
 					}
 				})

@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"runtime/debug"
 	"sync"
@@ -55,6 +56,12 @@ func (g *handlers) serve(s network.Stream, fn func(ctx context.Context, s networ
 	if err := fn(g.ctx, s); err != nil {
 		g.log.Debug("p2p: stream reset", "protocol", s.Protocol(), "peer", s.Conn().RemotePeer(), "err", err)
 		_ = s.Reset()
+		// A peer that breaks the protocol is cut off, not just its
+		// stream: whatever else it sends is not worth reading. It may
+		// connect again; a well-behaved peer never gets here.
+		if errors.Is(err, ErrMalformed) || errors.Is(err, ErrFrameTooLarge) {
+			_ = s.Conn().Close()
+		}
 		return
 	}
 	_ = s.Close()
