@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/ipfs/go-cid"
 
@@ -19,8 +21,22 @@ var ErrReleaseNotFound = errors.New("release not found")
 // Catalog holds the signed envelopes of the releases a node has, one file per
 // release name under <data-dir>/releases/. Envelopes are stored as received,
 // so any node can hand them on and anyone can verify them again.
+//
+// Parsed releases are cached, keyed by name and checked against the file's
+// size and modification time on every use: a serving node answers have and
+// manifest requests for its releases all day, and parsing a large manifest
+// takes tens of milliseconds.
 type Catalog struct {
 	dir string
+
+	mu    sync.Mutex
+	cache map[string]cachedRelease
+}
+
+type cachedRelease struct {
+	size    int64
+	modTime time.Time
+	release *Release
 }
 
 // OpenCatalog opens (creating if needed) the catalog under dataDir.
@@ -29,7 +45,7 @@ func OpenCatalog(dataDir string) (*Catalog, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}
-	return &Catalog{dir: dir}, nil
+	return &Catalog{dir: dir, cache: make(map[string]cachedRelease)}, nil
 }
 
 // Release is a catalog entry: the envelope as stored and what it says. The
@@ -52,6 +68,9 @@ func (c *Catalog) Save(name string, envelope []byte) error {
 	if _, err := manifest.ParsePackName(name); err != nil {
 		return err
 	}
+	c.mu.Lock()
+	delete(c.cache, name)
+	c.mu.Unlock()
 	return writeFileAtomic(c.path(name), envelope, 0o644)
 }
 
@@ -72,14 +91,40 @@ func (c *Catalog) Get(ref string) (*Release, error) {
 	if _, err := manifest.ParsePackName(ref); err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(c.path(ref))
+	return c.load(ref)
+}
+
+// load reads the release stored under name, or takes it from the cache if
+// the file has not changed since.
+func (c *Catalog) load(name string) (*Release, error) {
+	fi, err := os.Stat(c.path(name))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("release %s: %w", ref, ErrReleaseNotFound)
+		return nil, fmt.Errorf("release %s: %w", name, ErrReleaseNotFound)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return decodeRelease(data)
+	c.mu.Lock()
+	cached, ok := c.cache[name]
+	c.mu.Unlock()
+	if ok && cached.size == fi.Size() && cached.modTime.Equal(fi.ModTime()) {
+		return cached.release, nil
+	}
+	data, err := os.ReadFile(c.path(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("release %s: %w", name, ErrReleaseNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	r, err := decodeRelease(data)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.cache[name] = cachedRelease{size: fi.Size(), modTime: fi.ModTime(), release: r}
+	c.mu.Unlock()
+	return r, nil
 }
 
 // List returns every release in the catalog, sorted by name.
@@ -160,6 +205,9 @@ func (c *Catalog) Remove(name string) error {
 	if _, err := manifest.ParsePackName(name); err != nil {
 		return err
 	}
+	c.mu.Lock()
+	delete(c.cache, name)
+	c.mu.Unlock()
 	if err := os.Remove(c.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}

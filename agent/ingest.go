@@ -106,8 +106,11 @@ type IngestStats struct {
 type IngestOptions struct {
 	Chunking manifest.ChunkParams // default manifest.DefaultChunkParams
 	// Workers is how many chunks are on their way into the store at once;
-	// default 4 per CPU, so that the cores stay busy while a worker writes
-	// a file or leads a flush of the store's write batch.
+	// default 16 per CPU. Creating a file blocks while the file system
+	// commits its journal (which a flush of the store's write batch
+	// forces), and the cores should go on compressing meanwhile: on this
+	// project's machines a 128 MiB publish to disk took 1.05-1.27 s with 16
+	// workers per CPU against 1.39 s with 4.
 	Workers  int
 	Progress func(bytes int64) // called with bytes read so far
 }
@@ -135,7 +138,7 @@ func Ingest(ctx context.Context, s ChunkAdder, sources []Source, opts IngestOpti
 	}
 	workers := opts.Workers
 	if workers <= 0 {
-		workers = 4 * runtime.GOMAXPROCS(0)
+		workers = 16 * runtime.GOMAXPROCS(0)
 	}
 	pool := sync.Pool{New: func() any { b := make([]byte, params.Max); return &b }}
 	release := func(j *ingestJob) {
@@ -153,8 +156,8 @@ func Ingest(ctx context.Context, s ChunkAdder, sources []Source, opts IngestOpti
 	var stats IngestStats
 
 	g, ctx := errgroup.WithContext(ctx)
-	jobs := make(chan *ingestJob, 2*workers)
-	hashJobs := make(chan *ingestJob, 2*workers)
+	jobs := make(chan *ingestJob, workers)
+	hashJobs := make(chan *ingestJob, workers)
 
 	// Reader: chunk every file in order.
 	g.Go(func() error {

@@ -244,6 +244,16 @@ func (d *Disk) Sync(ctx context.Context) error {
 	dirty := d.dirty
 	d.dirty = make(map[string]struct{})
 	d.mu.Unlock()
+	// One syncfs makes every directory entry durable at once: with more
+	// than a few directories it beats an fsync each (a publish dirties all
+	// 256 shards, ~0.4 ms apiece here).
+	if len(dirty) > 8 {
+		if err := syncfs(d.chunks); err != nil {
+			d.remark(dirty)
+			return fmt.Errorf("sync store: %w", err)
+		}
+		return nil
+	}
 	// The chunks directory last: it lists new shards, whose own entries
 	// are synced first.
 	var chunksDir bool
