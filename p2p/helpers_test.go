@@ -149,6 +149,13 @@ func sendRaw(t *testing.T, client host.Host, server peer.ID, pid protocol.ID, ra
 	t.Helper()
 	ctx := testContext(t)
 	s, err := client.NewStream(ctx, server, pid)
+	// The server may just have cut off this client for the garbage of an
+	// earlier case: a stream on the dying connection fails, and the next
+	// attempt dials anew.
+	for deadline := time.Now().Add(testTimeout); err != nil && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+		s, err = client.NewStream(ctx, server, pid)
+	}
 	if err != nil {
 		t.Fatalf("open %s: %v", pid, err)
 	}
