@@ -36,16 +36,8 @@ func (d *Disk) Add(ctx context.Context, data []byte) (Added, error) {
 	}
 	id := manifest.ChunkID(data)
 	p := d.path(id)
-	present, err := d.refresh(id, p)
-	if err != nil {
-		return Added{}, err
-	}
-	if present {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return Added{}, fmt.Errorf("add %s: %w", id, err)
-		}
-		return Added{ID: id, StoredSize: fi.Size()}, nil
+	if added, present, err := d.addPresent(id, p); present || err != nil {
+		return added, err
 	}
 	buf := getBuf(MaxFrameSize(len(data)))
 	defer putBuf(buf)
@@ -54,6 +46,20 @@ func (d *Disk) Add(ctx context.Context, data []byte) (Added, error) {
 		return Added{}, err
 	}
 	return Added{ID: id, StoredSize: int64(len(*buf)), New: true}, nil
+}
+
+// addPresent refreshes the chunk id stored at p, if it is, and reports what
+// adding it again did.
+func (d *Disk) addPresent(id cid.Cid, p string) (Added, bool, error) {
+	present, err := d.refresh(id, p)
+	if !present || err != nil {
+		return Added{}, false, err
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return Added{}, false, fmt.Errorf("add %s: %w", id, err)
+	}
+	return Added{ID: id, StoredSize: fi.Size()}, true, nil
 }
 
 // Add stores data under its chunk ID.

@@ -149,16 +149,8 @@ func (b *Batch) Add(ctx context.Context, data []byte) (Added, error) {
 		return prev, nil
 	}
 	p := b.d.path(id)
-	present, err := b.d.refresh(id, p)
-	if err != nil {
-		return Added{}, err
-	}
-	if present {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return Added{}, fmt.Errorf("add %s: %w", id, err)
-		}
-		return Added{ID: id, StoredSize: fi.Size()}, nil
+	if added, present, err := b.d.addPresent(id, p); present || err != nil {
+		return added, err
 	}
 	buf := getBuf(MaxFrameSize(len(data)))
 	*buf = EncodeFrame((*buf)[:0], data)
