@@ -129,6 +129,7 @@ func storeRate(b *testing.B, src *store.Disk, m *manifest.Manifest) float64 {
 	}
 	var g errgroup.Group
 	g.SetLimit(DefaultStoreWriters)
+	syscall.Sync()
 	start := time.Now()
 	for i := range ids {
 		g.Go(func() error { return dst.PutFrame(context.Background(), ids[i], frames[i]) })
@@ -152,6 +153,7 @@ func BenchmarkFetchOneSeedOneFetcher(b *testing.B) {
 	var rate, cpuPct float64
 	for b.Loop() {
 		f := newBenchNode(b, m, id)
+		syscall.Sync() // start from a quiet disk
 		start := time.Now()
 		cpu0 := cpuTime()
 		res, err := Fetch(context.Background(), f.h, f.s, m, id, f.know(seed), FetchConfig{Notifier: f.notifier})
