@@ -41,7 +41,8 @@ bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -count $(BENCHCOUNT) -timeout 90m $(PKGS) | tee bench.out | $(GO) run ./cmd/benchtable
 
 # Generate a signing key and trust root, publish a generated service pack,
-# verify it and extract it, all under ./example.
+# verify and extract it, then serve it on loopback and fetch it into a second
+# data dir as another machine would, all under ./example.
 example: build
 	rm -rf $(EXAMPLE) && mkdir -p $(EXAMPLE)/pack/tools
 	$(GO) run ./testnet/packgen/cmd/mkpack -size 32MiB -out $(EXAMPLE)/pack/HF-S041000005-012.zip
@@ -53,6 +54,14 @@ example: build
 	$(BIN) --data-dir $(EXAMPLE)/data extract --trust $(EXAMPLE)/trust.json HF-S041000005-012 $(EXAMPLE)/installed
 	$(BIN) --data-dir $(EXAMPLE)/data ls
 	cd $(EXAMPLE) && find pack installed -type f | sort -t/ -k2 | xargs sha256sum
+	@set -e; cd $(EXAMPLE); \
+	../$(BIN) --data-dir data serve --listen /ip4/127.0.0.1/tcp/0 > serve.addr 2> serve.log & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null' EXIT; \
+	for i in $$(seq 100); do [ -s serve.addr ] && break; sleep 0.1; done; \
+	addr=$$(head -1 serve.addr); echo "serving at $$addr"; \
+	echo "../$(BIN) --data-dir other fetch --trust trust.json --peer $$addr --extract fetched HF-S041000005-012"; \
+	../$(BIN) --data-dir other fetch --trust trust.json --peer $$addr --listen /ip4/127.0.0.1/tcp/0 --extract fetched HF-S041000005-012; \
+	../$(BIN) --data-dir other verify --trust trust.json HF-S041000005-012
 
 clean:
 	rm -rf bin $(EXAMPLE) bench.out
