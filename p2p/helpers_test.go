@@ -148,10 +148,11 @@ func testManifestID(name string) cid.Cid {
 func sendRaw(t *testing.T, client host.Host, server peer.ID, pid protocol.ID, raw []byte) ([]byte, error) {
 	t.Helper()
 	ctx := testContext(t)
+	// Each case starts on a fresh connection: the server cuts off a client
+	// that sent garbage, and a stream on the connection an earlier case got
+	// cut would fail for that case's garbage, not this one's.
+	_ = client.Network().ClosePeer(server)
 	s, err := client.NewStream(ctx, server, pid)
-	// The server may just have cut off this client for the garbage of an
-	// earlier case: a stream on the dying connection fails, and the next
-	// attempt dials anew.
 	for deadline := time.Now().Add(testTimeout); err != nil && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 		s, err = client.NewStream(ctx, server, pid)
