@@ -111,10 +111,17 @@ func (c *Cache) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
 		f = &flight{done: make(chan struct{})}
 		c.flights[id] = f
 		c.mu.Unlock()
-		// The fetch outlives any one caller: others may be waiting for
-		// it. It ends with the first caller's context, whose failure
-		// the others see and may retry.
-		f.frame, f.err = c.fetch(ctx, id)
+		// A flight that stored the chunk may have ended between the miss
+		// above and the lock: look again before going upstream.
+		f.frame, f.err = c.local.GetFrame(ctx, id)
+		if errors.Is(f.err, ErrNotFound) {
+			// The fetch outlives any one caller: others may be waiting
+			// for it. It ends with the first caller's context, whose
+			// failure the others see and may retry.
+			f.frame, f.err = c.fetch(ctx, id)
+		} else if f.err == nil {
+			c.touch(id, int64(len(f.frame)))
+		}
 		c.mu.Lock()
 		delete(c.flights, id)
 		close(f.done)
