@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"testing"
 	"time"
 
@@ -169,9 +170,14 @@ func sendRaw(t *testing.T, client host.Host, server peer.ID, pid protocol.ID, ra
 }
 
 // wantReset fails unless err says the peer reset the stream.
+//
+// The server also closes the connection of a peer that broke the protocol,
+// and the client may see that first: a closed pipe counts as a reset too.
+// What must never happen is a clean end or an answer.
 func wantReset(t *testing.T, got []byte, err error) {
 	t.Helper()
-	if !errors.Is(err, network.ErrReset) {
+	refused := errors.Is(err, network.ErrReset) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, net.ErrClosed)
+	if !refused || len(got) > 0 {
 		t.Fatalf("stream ended with %v after %d bytes (%q), want a reset", err, len(got), got[:min(len(got), 32)])
 	}
 }
