@@ -354,8 +354,10 @@ func OpenHave(ctx context.Context, h host.Host, p peer.ID, manifestID cid.Cid, n
 }
 
 func (sub *HaveSubscription) run(ctx context.Context, br *bufio.Reader, n int, updates chan<- []int) {
-	defer close(sub.done)
+	// done closes before Updates does, so that whoever sees Updates
+	// closed finds Err set.
 	defer close(updates)
+	defer close(sub.done)
 	err := sub.receive(ctx, br, n, updates)
 	sub.stop()
 	if err != nil {
