@@ -295,7 +295,12 @@ func syncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	err = f.Sync()
+	return syncFile(f)
+}
+
+// syncFile fsyncs and closes f, returning the first error.
+func syncFile(f *os.File) error {
+	err := f.Sync()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

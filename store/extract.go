@@ -273,9 +273,5 @@ func syncRootDir(root *os.Root, dir string) error {
 	if err != nil {
 		return err
 	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return syncFile(f)
 }

@@ -35,6 +35,25 @@ func sink(t testing.TB) (string, <-chan int64) {
 	return ln.Addr().String(), got
 }
 
+// echoServer accepts one connection and sends back what it reads.
+func echoServer(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.Copy(c, c)
+		c.Close()
+	}()
+	return ln.Addr().String()
+}
+
 func forwarder(t testing.TB, target string, up, down Path) *Forwarder {
 	t.Helper()
 	f, err := NewForwarder(target, up, down)
@@ -62,21 +81,9 @@ func send(t testing.TB, addr string, n int64) {
 }
 
 func TestForwarderRelaysBothWaysAndCounts(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		io.Copy(c, c) // echo
-		c.Close()
-	}()
+	echo := echoServer(t)
 	up, down := NewPipe("up", 0, 0), NewPipe("down", 0, 0)
-	f := forwarder(t, ln.Addr().String(), Path{up}, Path{down})
+	f := forwarder(t, echo, Path{up}, Path{down})
 	c, err := net.Dial("tcp", f.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -141,21 +148,9 @@ func TestFlowsThroughOneSitePipeShareIt(t *testing.T) {
 }
 
 func TestLatencyDelaysEveryByte(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		io.Copy(c, c)
-		c.Close()
-	}()
+	echo := echoServer(t)
 	const latency = 40 * time.Millisecond
-	f := forwarder(t, ln.Addr().String(), Path{NewPipe("up", 0, latency)}, Path{NewPipe("down", 0, latency)})
+	f := forwarder(t, echo, Path{NewPipe("up", 0, latency)}, Path{NewPipe("down", 0, latency)})
 	c, err := net.Dial("tcp", f.Addr().String())
 	if err != nil {
 		t.Fatal(err)
