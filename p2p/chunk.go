@@ -157,7 +157,7 @@ func (c *Client) GetChunks(ctx context.Context, p peer.ID, ids []cid.Cid, fn fun
 		return fail(ctx, s, fmt.Errorf("send chunk request to %s: %w", p, err))
 	}
 	_ = s.CloseWrite()
-	br := bufio.NewReaderSize(ds, chunkReadBuffer)
+	br := bufio.NewReaderSize(c.Limiter.Reader(ctx, ds), chunkReadBuffer)
 	var buf []byte
 	for _, id := range ids {
 		ds.hard = time.Now().Add(c.chunk())

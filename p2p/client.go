@@ -28,6 +28,10 @@ type Client struct {
 	// ChunkTimeout bounds the time to receive any one chunk of a GetChunks
 	// batch (default 2 min).
 	ChunkTimeout time.Duration
+	// Limiter, if set, paces the chunks GetChunks receives; share one
+	// limiter among everything that should count against one download
+	// rate, such as a proxy's WAN link.
+	Limiter *RateLimiter
 }
 
 func (c *Client) idle() time.Duration  { return orDefault(c.IdleTimeout, defaultIdleTimeout) }

@@ -59,6 +59,31 @@ type FetchConfig struct {
 	// Progress, if set, is called from the fetch's own goroutine after
 	// every chunk received; it must return quickly.
 	Progress func(FetchProgress)
+	// Costly, if set, marks peers to ask only for chunks that no other
+	// usable peer has, such as a proxy's upstream across the WAN beside
+	// the proxies of sibling sites: what a sibling already holds is not
+	// fetched from the origin again.
+	Costly func(peer.ID) bool
+	// Share, if Of > 1, makes this fetch one of Of fetchers splitting the
+	// release between them, such as the proxies of sibling sites: ties in
+	// rarity are broken in one order of the chunks common to all, each
+	// fetcher starting at its own Index-th of Of equal parts. Fetchers
+	// that run together then take different chunks from the upstream and
+	// trade the rest, instead of meeting at random.
+	Share Share
+	// NoEndgame turns off duplicate requests at the end, for links where a
+	// duplicate costs more than a slow tail, such as a WAN.
+	NoEndgame bool
+	// Limiter, if set, paces what the fetch receives.
+	Limiter *RateLimiter
+	// MorePeers, if set, delivers peers that join while the fetch runs,
+	// such as site peers a tracker names after the fetch started.
+	MorePeers <-chan []peer.ID
+}
+
+// Share is a fetcher's part of a release split among Of fetchers.
+type Share struct {
+	Index, Of int
 }
 
 // FetchProgress is a snapshot of a fetch, for progress bars and status.
@@ -144,6 +169,7 @@ type fetchPeer struct {
 	cancel   func()          // cancels its streams
 	stats    *PeerStats
 	gone     bool // banned or dropped: never asked again
+	costly   bool // asked only for what no other usable peer has
 }
 
 // fetchEvent is anything that changes the fetch's state; the fetch's own
@@ -184,6 +210,8 @@ type fetch struct {
 	state      []uint8
 	copies     []uint8 // requests in flight per chunk
 	avail      []int   // how many usable peers have each chunk
+	cheapAvail []int   // how many of those are not Costly
+	rank       []int   // tie-break order among equally rare chunks
 	pending    []int   // missing chunks not in flight, in random order
 	pendingPos []int   // position of each chunk in pending, or -1
 	remaining  int
@@ -234,7 +262,7 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 		h:          h,
 		s:          s,
 		cfg:        cfg,
-		client:     &Client{Host: h, IdleTimeout: cfg.StallTimeout, ChunkTimeout: cfg.StallTimeout},
+		client:     &Client{Host: h, IdleTimeout: cfg.StallTimeout, ChunkTimeout: cfg.StallTimeout, Limiter: cfg.Limiter},
 		manifestID: manifestID,
 		ids:        ids,
 		sizes:      make([]int64, len(ids)),
@@ -242,6 +270,7 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 		state:      make([]uint8, len(ids)),
 		copies:     make([]uint8, len(ids)),
 		avail:      make([]int, len(ids)),
+		cheapAvail: make([]int, len(ids)),
 		pendingPos: make([]int, len(ids)),
 		peers:      make(map[peer.ID]*fetchPeer),
 		events:     make(chan fetchEvent, 256),
@@ -269,23 +298,61 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 		f.pendingPos[i] = len(f.pending)
 		f.pending = append(f.pending, i)
 	}
-	// A random order spreads fetchers that start together over different
-	// chunks, so they have something to trade from the start.
-	f.rng.Shuffle(len(f.pending), func(a, b int) {
-		f.pending[a], f.pending[b] = f.pending[b], f.pending[a]
-		f.pendingPos[f.pending[a]] = a
-		f.pendingPos[f.pending[b]] = b
-	})
+	f.rank = chunkRanks(ids, cfg.Share, f.rng)
 	for _, p := range peers {
-		if p == h.ID() || f.peers[p] != nil {
-			continue
-		}
-		fp := &fetchPeer{id: p, window: cfg.InitialWindow, asked: map[int]bool{}, stats: &PeerStats{}}
-		f.peers[p] = fp
-		f.order = append(f.order, fp)
-		f.res.Peers[p] = fp.stats
+		f.addPeer(p)
 	}
 	return f, nil
+}
+
+// chunkRanks orders the chunks for breaking ties in rarity. By default the
+// order is random, which spreads fetchers that start together over different
+// chunks, so they have something to trade from the start. With a Share, the
+// order is the chunks sorted by CID, rotated to start at the fetcher's part.
+func chunkRanks(ids []cid.Cid, share Share, rng *rand.Rand) []int {
+	n := len(ids)
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	if share.Of > 1 && share.Index >= 0 && share.Index < share.Of {
+		sort.Slice(order, func(a, b int) bool { return ids[order[a]].KeyString() < ids[order[b]].KeyString() })
+		start := share.Index * n / share.Of
+		order = append(order[start:], order[:start]...)
+	} else {
+		rng.Shuffle(n, func(a, b int) { order[a], order[b] = order[b], order[a] })
+	}
+	rank := make([]int, n)
+	for r, i := range order {
+		rank[i] = r
+	}
+	return rank
+}
+
+// addPeer adds p to the fetch and returns it, or returns nil if p is this
+// host or already known.
+func (f *fetch) addPeer(p peer.ID) *fetchPeer {
+	if p == f.h.ID() || f.peers[p] != nil {
+		return nil
+	}
+	fp := &fetchPeer{id: p, window: f.cfg.InitialWindow, asked: map[int]bool{}, stats: &PeerStats{}}
+	fp.costly = f.cfg.Costly != nil && f.cfg.Costly(p)
+	f.peers[p] = fp
+	f.order = append(f.order, fp)
+	f.res.Peers[p] = fp.stats
+	return fp
+}
+
+// subscribe opens p's have subscription in the background.
+func (f *fetch) subscribe(ctx context.Context, p *fetchPeer) {
+	p.ctx, p.cancel = context.WithCancel(ctx)
+	f.goSend(func() fetchEvent {
+		sub, err := f.client.OpenHave(p.ctx, p.id, f.manifestID, len(f.ids))
+		if err != nil {
+			return fetchEvent{peer: p.id, kind: haveFailed, err: err}
+		}
+		return fetchEvent{peer: p.id, kind: haveOpened, sub: sub}
+	})
 }
 
 func (f *fetch) run(ctx context.Context) (*FetchResult, error) {
@@ -316,14 +383,7 @@ func (f *fetch) run(ctx context.Context) (*FetchResult, error) {
 		return &f.res, fmt.Errorf("fetch: no peers given: %w", ErrNoSource)
 	}
 	for _, p := range f.order {
-		p.ctx, p.cancel = context.WithCancel(ctx)
-		f.goSend(func() fetchEvent {
-			sub, err := f.client.OpenHave(p.ctx, p.id, f.manifestID, len(f.ids))
-			if err != nil {
-				return fetchEvent{peer: p.id, kind: haveFailed, err: err}
-			}
-			return fetchEvent{peer: p.id, kind: haveOpened, sub: sub}
-		})
+		f.subscribe(ctx, p)
 	}
 	f.lastNews = time.Now()
 	idle := time.NewTicker(f.cfg.IdleTimeout / 4)
@@ -335,6 +395,12 @@ func (f *fetch) run(ctx context.Context) (*FetchResult, error) {
 		case ev := <-f.events:
 			if err := f.apply(ctx, ev); err != nil {
 				return &f.res, err
+			}
+		case peers := <-f.cfg.MorePeers:
+			for _, id := range peers {
+				if p := f.addPeer(id); p != nil {
+					f.subscribe(ctx, p)
+				}
 			}
 		case <-idle.C:
 		}
@@ -406,7 +472,7 @@ func (f *fetch) apply(ctx context.Context, ev fetchEvent) error {
 		p.sub, p.have = ev.sub, ev.sub.Have
 		for i := range f.ids {
 			if p.have.Has(i) {
-				f.avail[i]++
+				f.counted(p, i, 1)
 			}
 		}
 		f.lastNews = time.Now()
@@ -428,7 +494,7 @@ func (f *fetch) apply(ctx context.Context, ev fetchEvent) error {
 		for _, i := range ev.indexes {
 			if !p.have.Has(i) {
 				p.have.Set(i)
-				f.avail[i]++
+				f.counted(p, i, 1)
 			}
 		}
 		f.lastNews = time.Now()
@@ -476,7 +542,7 @@ func (f *fetch) apply(ctx context.Context, ev fetchEvent) error {
 		f.unrequest(ev.index)
 		if p.have.Has(ev.index) {
 			p.have[ev.index/8] &^= 0x80 >> (ev.index % 8)
-			f.avail[ev.index]--
+			f.counted(p, ev.index, -1)
 		}
 	case chunkUnstored:
 		// Left in p.asked: batchDone returns it to pending.
@@ -499,6 +565,15 @@ func (f *fetch) apply(ctx context.Context, ev fetchEvent) error {
 		}
 	}
 	return nil
+}
+
+// counted changes the count of usable peers having chunk i by d, as p
+// announces it, turns out not to have it, or is dropped.
+func (f *fetch) counted(p *fetchPeer, i, d int) {
+	f.avail[i] += d
+	if !p.costly {
+		f.cheapAvail[i] += d
+	}
 }
 
 // countWire counts bytes received from p and updates its rate and window.
@@ -562,7 +637,7 @@ func (f *fetch) drop(p *fetchPeer, why string) {
 	if p.have != nil {
 		for i := range f.ids {
 			if p.have.Has(i) {
-				f.avail[i]--
+				f.counted(p, i, -1)
 			}
 		}
 	}
@@ -581,7 +656,7 @@ func (f *fetch) schedule() {
 				continue
 			}
 			batch := f.pickRarest(p, min(f.cfg.BatchSize, p.window-p.inflight))
-			if len(batch) == 0 && len(f.pending) == 0 {
+			if len(batch) == 0 && len(f.pending) == 0 && !f.cfg.NoEndgame && !p.costly {
 				batch = f.pickEndgame(p, min(f.cfg.BatchSize, p.window-p.inflight))
 			}
 			if len(batch) == 0 {
@@ -594,23 +669,28 @@ func (f *fetch) schedule() {
 }
 
 // pickRarest chooses up to n pending chunks p has, the fewest peers having
-// them first. Pending is in random order, so ties fall at random.
+// them first, ties in rank order. A costly peer is only given chunks no other
+// usable peer has.
 func (f *fetch) pickRarest(p *fetchPeer, n int) []int {
 	if len(f.pending) == 0 {
 		return nil
 	}
+	less := func(a, b int) bool {
+		if f.avail[a] != f.avail[b] {
+			return f.avail[a] < f.avail[b]
+		}
+		return f.rank[a] < f.rank[b]
+	}
 	best := make([]int, 0, n)
-	start := f.rng.IntN(len(f.pending))
-	for k := range f.pending {
-		i := f.pending[(start+k)%len(f.pending)]
-		if !p.have.Has(i) {
+	for _, i := range f.pending {
+		if !p.have.Has(i) || (p.costly && f.cheapAvail[i] > 0) {
 			continue
 		}
-		if len(best) == n && f.avail[i] >= f.avail[best[n-1]] {
+		if len(best) == n && !less(i, best[n-1]) {
 			continue
 		}
-		// Insert in order of availability into the short list.
-		pos := sort.Search(len(best), func(j int) bool { return f.avail[best[j]] > f.avail[i] })
+		// Insert in order into the short list.
+		pos := sort.Search(len(best), func(j int) bool { return less(i, best[j]) })
 		if len(best) < n {
 			best = append(best, 0)
 		}

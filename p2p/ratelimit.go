@@ -77,3 +77,33 @@ func (lw *limitedWriter) Write(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// Reader returns r paced by l: a Read returns at most a piece and waits for
+// tokens for what it returns. Pacing what a node reads paces the sender too,
+// through the stream's flow control, so a proxy can hold its downloads under
+// its WAN share. If l is nil it returns r.
+func (l *RateLimiter) Reader(ctx context.Context, r io.Reader) io.Reader {
+	if l == nil {
+		return r
+	}
+	return &limitedReader{ctx: ctx, l: l, r: r}
+}
+
+type limitedReader struct {
+	ctx context.Context // as limitedWriter's
+	l   *RateLimiter
+	r   io.Reader
+}
+
+func (lr *limitedReader) Read(p []byte) (int, error) {
+	if len(p) > lr.l.piece {
+		p = p[:lr.l.piece]
+	}
+	n, err := lr.r.Read(p)
+	if n > 0 {
+		if werr := lr.l.lim.WaitN(lr.ctx, n); werr != nil {
+			return n, werr
+		}
+	}
+	return n, err
+}
