@@ -29,6 +29,33 @@ type IndexEntry struct {
 	Name     string `json:"name"`
 	CID      string `json:"cid"`
 	Sequence uint64 `json:"sequence"`
+	// Sites, if not empty, are the only sites the release is meant for;
+	// empty means every site.
+	Sites []string `json:"sites,omitempty"`
+}
+
+// ForSite reports whether the release is meant for site.
+func (e IndexEntry) ForSite(site string) bool {
+	return len(e.Sites) == 0 || slices.Contains(e.Sites, site)
+}
+
+// MaxSiteLen bounds a site name.
+const MaxSiteLen = 64
+
+// ValidateSite checks a site name: 1 to MaxSiteLen letters, digits, '-', '_'
+// or '.', starting with a letter or digit. Site names appear in paths, logs
+// and metrics labels.
+func ValidateSite(site string) error {
+	if len(site) == 0 || len(site) > MaxSiteLen {
+		return fmt.Errorf("site name of %d bytes, want 1 to %d: %w", len(site), MaxSiteLen, ErrInvalid)
+	}
+	for i, r := range site {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || (i > 0 && (r == '-' || r == '_' || r == '.'))
+		if !ok {
+			return fmt.Errorf("site name %q: character %q not allowed: %w", site, r, ErrInvalid)
+		}
+	}
+	return nil
 }
 
 // Validate checks ix: version at least 1, a valid channel, expiry after
@@ -67,6 +94,14 @@ func (ix *Index) Validate() error {
 		}
 		if r.Sequence == 0 {
 			return fmt.Errorf("index version %d: release %s: sequence must be at least 1: %w", ix.Version, r.Name, ErrInvalid)
+		}
+		if len(r.Sites) > MaxIndexEntries {
+			return fmt.Errorf("index version %d: release %s: %d sites: %w", ix.Version, r.Name, len(r.Sites), ErrTooLarge)
+		}
+		for _, site := range r.Sites {
+			if err := ValidateSite(site); err != nil {
+				return fmt.Errorf("index version %d: release %s: %w", ix.Version, r.Name, err)
+			}
 		}
 	}
 	return nil

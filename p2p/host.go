@@ -58,6 +58,9 @@ type HostConfig struct {
 	// Allow, if not nil, is the only set of peers the host connects to or
 	// accepts connections from.
 	Allow *Allowlist
+	// Gater, if set, also decides which peers and addresses the host may
+	// dial and accept; a connection must pass both it and Allow.
+	Gater connmgr.ConnectionGater
 	// NATPortMap asks the local gateway (UPnP, NAT-PMP) to forward the
 	// listen ports. Off by default: nodes reach the WAN through their
 	// site's proxy, which an operator configures.
@@ -113,8 +116,13 @@ func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 	} else {
 		opts = append(opts, libp2p.Transport(quic.NewTransport))
 	}
-	if cfg.Allow != nil {
+	switch {
+	case cfg.Allow != nil && cfg.Gater != nil:
+		opts = append(opts, libp2p.ConnectionGater(gaters{cfg.Allow, cfg.Gater}))
+	case cfg.Allow != nil:
 		opts = append(opts, libp2p.ConnectionGater(cfg.Allow))
+	case cfg.Gater != nil:
+		opts = append(opts, libp2p.ConnectionGater(cfg.Gater))
 	}
 	if cfg.NATPortMap {
 		opts = append(opts, libp2p.NATPortMap())
@@ -317,5 +325,53 @@ func (a *Allowlist) InterceptSecured(_ network.Direction, p peer.ID, _ network.C
 
 // InterceptUpgraded admits every connection that got this far.
 func (a *Allowlist) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
+	return true, 0
+}
+
+// gaters passes a connection only if every gater does.
+type gaters []connmgr.ConnectionGater
+
+func (gs gaters) InterceptPeerDial(p peer.ID) bool {
+	for _, g := range gs {
+		if !g.InterceptPeerDial(p) {
+			return false
+		}
+	}
+	return true
+}
+
+func (gs gaters) InterceptAddrDial(p peer.ID, a ma.Multiaddr) bool {
+	for _, g := range gs {
+		if !g.InterceptAddrDial(p, a) {
+			return false
+		}
+	}
+	return true
+}
+
+func (gs gaters) InterceptAccept(addrs network.ConnMultiaddrs) bool {
+	for _, g := range gs {
+		if !g.InterceptAccept(addrs) {
+			return false
+		}
+	}
+	return true
+}
+
+func (gs gaters) InterceptSecured(d network.Direction, p peer.ID, addrs network.ConnMultiaddrs) bool {
+	for _, g := range gs {
+		if !g.InterceptSecured(d, p, addrs) {
+			return false
+		}
+	}
+	return true
+}
+
+func (gs gaters) InterceptUpgraded(c network.Conn) (bool, control.DisconnectReason) {
+	for _, g := range gs {
+		if ok, why := g.InterceptUpgraded(c); !ok {
+			return false, why
+		}
+	}
 	return true, 0
 }

@@ -159,6 +159,20 @@ func (c *Cache) Get(ctx context.Context, id cid.Cid) ([]byte, error) {
 	return c.local.Get(ctx, id)
 }
 
+// PutFrame stores a chunk that came by another path than the cache's
+// upstream, such as a proxy replicating a release from several peers, so the
+// cache counts it against its quota, and makes room.
+func (c *Cache) PutFrame(ctx context.Context, id cid.Cid, frame []byte) error {
+	if err := c.local.PutFrame(ctx, id, frame); err != nil {
+		return err
+	}
+	c.touch(id, int64(len(frame)))
+	return c.evict(ctx)
+}
+
+// Evict makes room now, as after a pin was removed.
+func (c *Cache) Evict(ctx context.Context) error { return c.evict(ctx) }
+
 // Has reports whether the cache holds id now, without asking the upstream.
 func (c *Cache) Has(ctx context.Context, id cid.Cid) (bool, error) {
 	return c.local.Has(ctx, id)

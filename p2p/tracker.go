@@ -1,0 +1,284 @@
+package p2p
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/patchctl/patchctl/manifest"
+)
+
+// TrackerProtocol is a site's tracker, served by its proxy: a node reports
+// the releases it is fetching, holds and has installed, and learns which
+// peers of its site hold or are fetching a release, so that nodes swarm where
+// multicast discovery does not reach.
+//
+// Request, one frame, after which the client closes its write side: a
+// TrackerReport in JSON (at most MaxTrackerMessage bytes).
+// Response, one frame: a status byte, then for StatusOK a TrackerAnswer in
+// JSON (at most MaxTrackerMessage bytes).
+// The reporter is the authenticated peer of the stream, never a field of the
+// report, so no node can report for another.
+const TrackerProtocol protocol.ID = "/patchctl/tracker/1.0.0"
+
+const (
+	// MaxTrackerMessage bounds a tracker request or answer.
+	MaxTrackerMessage = 64 << 10
+	// MaxTrackedReleases bounds the releases of one report.
+	MaxTrackedReleases = 64
+	// MaxTrackerPeers bounds the peers of one answer.
+	MaxTrackerPeers = 32
+	// maxPeerAddrs bounds the addresses of one peer in an answer.
+	maxPeerAddrs = 8
+)
+
+// Release states a node reports to its tracker.
+const (
+	StateFetching  = "fetching"
+	StateHave      = "have"
+	StateInstalled = "installed"
+)
+
+// TrackerReport is what a node tells its site's tracker.
+type TrackerReport struct {
+	Site     string           `json:"site"`
+	Releases []TrackedRelease `json:"releases,omitempty"`
+	// Want, if set, is the manifest CID of a release whose holders the node
+	// asks for.
+	Want string `json:"want,omitempty"`
+}
+
+// TrackedRelease is one release of a report.
+type TrackedRelease struct {
+	CID   string `json:"cid"`
+	State string `json:"state"`
+}
+
+// TrackerAnswer lists peers of the reporter's site that hold or are fetching
+// the release it wants.
+type TrackerAnswer struct {
+	Peers []TrackerPeer `json:"peers"`
+}
+
+// TrackerPeer is a peer and the addresses the tracker knows for it.
+type TrackerPeer struct {
+	ID    string   `json:"id"`
+	Addrs []string `json:"addrs,omitempty"`
+}
+
+// Validate checks a report from the network.
+func (r *TrackerReport) Validate() error {
+	if err := manifest.ValidateSite(r.Site); err != nil {
+		return fmt.Errorf("tracker report: %v: %w", err, ErrMalformed)
+	}
+	if len(r.Releases) > MaxTrackedReleases {
+		return fmt.Errorf("tracker report of %d releases, at most %d: %w", len(r.Releases), MaxTrackedReleases, ErrMalformed)
+	}
+	for _, rel := range r.Releases {
+		if _, err := manifest.ParseManifestID(rel.CID); err != nil {
+			return fmt.Errorf("tracker report: %v: %w", err, ErrMalformed)
+		}
+		switch rel.State {
+		case StateFetching, StateHave, StateInstalled:
+		default:
+			return fmt.Errorf("tracker report: unknown state %q: %w", rel.State, ErrMalformed)
+		}
+	}
+	if r.Want != "" {
+		if _, err := manifest.ParseManifestID(r.Want); err != nil {
+			return fmt.Errorf("tracker report: %v: %w", err, ErrMalformed)
+		}
+	}
+	return nil
+}
+
+// AddrInfos decodes an answer's peers.
+func (a *TrackerAnswer) AddrInfos() ([]peer.AddrInfo, error) {
+	if len(a.Peers) > MaxTrackerPeers {
+		return nil, fmt.Errorf("tracker answer of %d peers, at most %d: %w", len(a.Peers), MaxTrackerPeers, ErrMalformed)
+	}
+	infos := make([]peer.AddrInfo, 0, len(a.Peers))
+	for _, p := range a.Peers {
+		id, err := peer.Decode(p.ID)
+		if err != nil {
+			return nil, fmt.Errorf("tracker answer: peer %q: %v: %w", p.ID, err, ErrMalformed)
+		}
+		if len(p.Addrs) > maxPeerAddrs {
+			return nil, fmt.Errorf("tracker answer: peer %s has %d addresses, at most %d: %w", id, len(p.Addrs), maxPeerAddrs, ErrMalformed)
+		}
+		info := peer.AddrInfo{ID: id}
+		for _, s := range p.Addrs {
+			addr, err := ma.NewMultiaddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("tracker answer: peer %s: address %q: %v: %w", id, s, err, ErrMalformed)
+			}
+			info.Addrs = append(info.Addrs, addr)
+		}
+		infos = append(infos, info)
+	}
+	return infos, nil
+}
+
+// NewTrackerAnswer encodes peers, at most MaxTrackerPeers of them with at
+// most 8 addresses each.
+func NewTrackerAnswer(peers []peer.AddrInfo) *TrackerAnswer {
+	a := &TrackerAnswer{Peers: []TrackerPeer{}}
+	for _, info := range peers[:min(len(peers), MaxTrackerPeers)] {
+		tp := TrackerPeer{ID: info.ID.String()}
+		for _, addr := range info.Addrs[:min(len(info.Addrs), maxPeerAddrs)] {
+			tp.Addrs = append(tp.Addrs, addr.String())
+		}
+		a.Peers = append(a.Peers, tp)
+	}
+	return a
+}
+
+// DecodeTrackerReport decodes and validates a tracker request.
+func DecodeTrackerReport(p []byte) (*TrackerReport, error) {
+	var r TrackerReport
+	if err := decodeJSON(p, &r); err != nil {
+		return nil, fmt.Errorf("tracker report: %w", err)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// DecodeTrackerAnswer decodes and validates a tracker answer.
+func DecodeTrackerAnswer(p []byte) ([]peer.AddrInfo, error) {
+	var a TrackerAnswer
+	if err := decodeJSON(p, &a); err != nil {
+		return nil, fmt.Errorf("tracker answer: %w", err)
+	}
+	return a.AddrInfos()
+}
+
+// decodeJSON decodes exactly one JSON value of p into v.
+func decodeJSON(p []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(p))
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%v: %w", err, ErrMalformed)
+	}
+	if dec.More() {
+		return fmt.Errorf("data after the JSON value: %w", ErrMalformed)
+	}
+	return nil
+}
+
+// Tracker answers tracker reports.
+type Tracker interface {
+	// Track records from's report and returns peers of its site that hold
+	// or are fetching report.Want (none if Want is empty).
+	Track(ctx context.Context, from peer.ID, report *TrackerReport) ([]peer.AddrInfo, error)
+}
+
+// TrackerService serves TrackerProtocol.
+type TrackerService struct {
+	h       host.Host
+	tracker Tracker
+	idle    time.Duration
+	g       *handlers
+}
+
+// NewTrackerService registers the tracker handler on h.
+func NewTrackerService(h host.Host, t Tracker, log *slog.Logger) *TrackerService {
+	ts := &TrackerService{h: h, tracker: t, idle: defaultIdleTimeout, g: newHandlers(log)}
+	h.SetStreamHandler(TrackerProtocol, func(s network.Stream) { ts.g.serve(s, ts.handle) })
+	return ts
+}
+
+// Close removes the handler and ends the handlers running.
+func (ts *TrackerService) Close() error {
+	ts.h.RemoveStreamHandler(TrackerProtocol)
+	ts.g.close()
+	return nil
+}
+
+func (ts *TrackerService) handle(ctx context.Context, s network.Stream) error {
+	ds := &deadlineStream{s: s, idle: ts.idle, hard: time.Now().Add(ts.idle)}
+	br := getReader(ds)
+	p, err := ReadFrame(br, MaxTrackerMessage)
+	if err == nil {
+		err = expectEOF(br)
+	}
+	putReader(br)
+	if err != nil {
+		return fmt.Errorf("read tracker report: %w", err)
+	}
+	report, err := DecodeTrackerReport(p)
+	if err != nil {
+		return err
+	}
+	peers, err := ts.tracker.Track(ctx, s.Conn().RemotePeer(), report)
+	if err != nil {
+		ts.g.log.Warn("p2p: tracker failed", "err", err)
+		return WriteFrame(ds, []byte{byte(StatusUnavailable)})
+	}
+	body, err := json.Marshal(NewTrackerAnswer(peers))
+	if err != nil {
+		return err
+	}
+	if len(body) > MaxTrackerMessage-1 {
+		return fmt.Errorf("tracker answer of %d bytes: %w", len(body), ErrFrameTooLarge)
+	}
+	bw := bufio.NewWriter(ds)
+	if err := writeFrameParts(bw, []byte{byte(StatusOK)}, body); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// Track sends report to the tracker p and returns the peers it names.
+func (c *Client) Track(ctx context.Context, p peer.ID, report *TrackerReport) ([]peer.AddrInfo, error) {
+	if err := report.Validate(); err != nil {
+		return nil, err
+	}
+	req, err := json.Marshal(report)
+	if err != nil {
+		return nil, err
+	}
+	if len(req) > MaxTrackerMessage {
+		return nil, fmt.Errorf("tracker report of %d bytes: %w", len(req), ErrFrameTooLarge)
+	}
+	s, stop, err := c.open(ctx, p, TrackerProtocol)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	ds := &deadlineStream{s: s, idle: c.idle(), hard: time.Now().Add(c.idle())}
+	if err := WriteFrame(ds, req); err != nil {
+		return nil, fail(ctx, s, fmt.Errorf("send tracker report to %s: %w", p, err))
+	}
+	_ = s.CloseWrite()
+	resp, err := ReadFrame(bufio.NewReader(ds), 1+MaxTrackerMessage)
+	if err != nil {
+		return nil, fail(ctx, s, fmt.Errorf("read tracker answer from %s: %w", p, err))
+	}
+	st, err := decodeStatus(resp)
+	if err != nil {
+		return nil, fail(ctx, s, fmt.Errorf("tracker answer from %s: %w", p, err))
+	}
+	_ = s.Close()
+	if st != StatusOK {
+		if len(resp) != 1 {
+			return nil, fmt.Errorf("tracker answer from %s: bytes after status %v: %w", p, st, ErrMalformed)
+		}
+		return nil, fmt.Errorf("tracker %s: %w", p, st.err())
+	}
+	peers, err := DecodeTrackerAnswer(resp[1:])
+	if err != nil {
+		return nil, fmt.Errorf("tracker %s: %w", p, err)
+	}
+	return peers, nil
+}
