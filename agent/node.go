@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
@@ -29,6 +30,15 @@ type NodeConfig struct {
 	Allow []peer.ID
 	// MaxUploadRate caps what the node serves, in bytes/s; 0 is unlimited.
 	MaxUploadRate int
+	// Gater, if set, decides which peers and addresses the host may dial
+	// and accept, beside Allow; the testnet uses it to make hosts dial one
+	// another only through shaped links.
+	Gater connmgr.ConnectionGater
+
+	// The fields below make the node an agent of a site that learns of
+	// releases by itself. Without a Root the node only serves what it has
+	// and fetches what it is told to.
+	AgentConfig
 }
 
 // Node is a peer of the swarm: a libp2p host serving the manifests, have
@@ -44,8 +54,21 @@ type Node struct {
 	have     *p2p.HaveService
 	chunk    *p2p.ChunkService
 
+	cfg    NodeConfig
+	client *p2p.Client
+
 	mu       sync.Mutex
-	fetching map[cid.Cid][]cid.Cid // releases being fetched: manifest CID → chunks
+	fetching map[cid.Cid]*inFlight // releases being fetched, by manifest CID
+	known    chan struct{}         // closed and replaced when fetching gains a release
+
+	agent *agentState // nil unless cfg.Root is set
+}
+
+// inFlight is a release being fetched, served to peers as its chunks arrive.
+type inFlight struct {
+	name     string
+	envelope []byte
+	chunks   []cid.Cid
 }
 
 // StartNode opens the data dir and starts serving.
@@ -58,7 +81,10 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	hc := p2p.HostConfig{DataDir: cfg.DataDir, ListenAddrs: cfg.ListenAddrs, NetworkKey: cfg.NetworkKey}
+	if err := cfg.AgentConfig.validate(); err != nil {
+		return nil, err
+	}
+	hc := p2p.HostConfig{DataDir: cfg.DataDir, ListenAddrs: cfg.ListenAddrs, NetworkKey: cfg.NetworkKey, Gater: cfg.Gater}
 	if len(cfg.Allow) > 0 {
 		hc.Allow = p2p.NewAllowlist(cfg.Allow...)
 	}
@@ -66,15 +92,38 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{Host: h, Store: s, Catalog: cat, notifier: p2p.NewHaveNotifier(), fetching: map[cid.Cid][]cid.Cid{}}
-	n.manifest = p2p.NewManifestService(h, n, p2p.ManifestConfig{})
-	n.have = p2p.NewHaveService(h, n, s, n.notifier, p2p.HaveConfig{})
-	n.chunk = p2p.NewChunkService(h, s, p2p.ChunkConfig{Limiter: p2p.NewRateLimiter(cfg.MaxUploadRate)})
+	n := &Node{
+		Host: h, Store: s, Catalog: cat, cfg: cfg,
+		client:   &p2p.Client{Host: h},
+		notifier: p2p.NewHaveNotifier(),
+		fetching: map[cid.Cid]*inFlight{},
+		known:    make(chan struct{}),
+	}
+	var frames store.FrameGetter = s
+	var has store.Haser = s
+	if cfg.Root != nil {
+		if err := n.startAgent(ctx); err != nil {
+			h.Close()
+			return nil, err
+		}
+		if n.agent.cache != nil {
+			frames, has = n.agent.cache, n.agent
+		}
+	}
+	n.manifest = p2p.NewManifestService(h, n, p2p.ManifestConfig{Logger: cfg.Logger})
+	n.have = p2p.NewHaveService(h, n, has, n.notifier, p2p.HaveConfig{Logger: cfg.Logger})
+	n.chunk = p2p.NewChunkService(h, frames, p2p.ChunkConfig{Limiter: p2p.NewRateLimiter(cfg.MaxUploadRate), Logger: cfg.Logger})
+	if n.agent != nil {
+		n.runAgent()
+	}
 	return n, nil
 }
 
-// Close stops serving and waits for the handlers to end.
+// Close stops the agent, stops serving and waits for the handlers to end.
 func (n *Node) Close() error {
+	if n.agent != nil {
+		n.agent.stop()
+	}
 	n.chunk.Close()
 	n.have.Close()
 	n.manifest.Close()
@@ -92,34 +141,76 @@ func (n *Node) Addrs() []ma.Multiaddr {
 	return addrs
 }
 
-// Envelope serves the manifest protocol from the catalog.
-func (n *Node) Envelope(_ context.Context, ref string) ([]byte, error) {
-	r, err := n.Catalog.Get(ref)
+// Envelope serves the manifest protocol from the catalog and the releases
+// being fetched.
+func (n *Node) Envelope(ctx context.Context, ref string) ([]byte, error) {
+	r, err := n.lookup(ctx, ref)
 	if err != nil {
-		if errors.Is(err, ErrReleaseNotFound) {
-			return nil, fmt.Errorf("%w: %w", p2p.ErrNotFound, err)
-		}
 		return nil, err
 	}
-	return r.Envelope, nil
+	return r.envelope, nil
 }
 
 // ReleaseChunks serves the have protocol for releases held and being fetched.
-func (n *Node) ReleaseChunks(_ context.Context, id cid.Cid) ([]cid.Cid, error) {
-	n.mu.Lock()
-	ids, ok := n.fetching[id]
-	n.mu.Unlock()
-	if ok {
-		return ids, nil
-	}
-	r, err := n.Catalog.Get(id.String())
+func (n *Node) ReleaseChunks(ctx context.Context, id cid.Cid) ([]cid.Cid, error) {
+	r, err := n.lookup(ctx, id.String())
 	if err != nil {
-		if errors.Is(err, ErrReleaseNotFound) {
-			return nil, fmt.Errorf("%w: %w", p2p.ErrNotFound, err)
-		}
 		return nil, err
 	}
-	return r.Manifest.ChunkIDs(), nil
+	return r.chunks, nil
+}
+
+// knownWait is how long a request for a release this node does not know yet
+// waits for it to appear: peers learn of a release at about the same time,
+// and one that asks a moment before this node starts on it would otherwise
+// give up on this node for the whole fetch.
+const knownWait = 5 * time.Second
+
+// lookup finds the release ref (a name or manifest CID) among those being
+// fetched and in the catalog, waiting up to knownWait for it to appear.
+func (n *Node) lookup(ctx context.Context, ref string) (*inFlight, error) {
+	deadline := time.NewTimer(knownWait)
+	defer deadline.Stop()
+	for {
+		n.mu.Lock()
+		known := n.known
+		for id, r := range n.fetching {
+			if r.name == ref || id.String() == ref {
+				n.mu.Unlock()
+				return r, nil
+			}
+		}
+		n.mu.Unlock()
+		r, err := n.Catalog.Get(ref)
+		if err == nil {
+			return &inFlight{name: r.Name, envelope: r.Envelope, chunks: r.Manifest.ChunkIDs()}, nil
+		}
+		if !errors.Is(err, ErrReleaseNotFound) {
+			return nil, err
+		}
+		select {
+		case <-known:
+		case <-deadline.C:
+			return nil, fmt.Errorf("%w: %w", p2p.ErrNotFound, err)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// startFetching serves r while it is fetched, and wakes lookups waiting for it.
+func (n *Node) startFetching(id cid.Cid, r *inFlight) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.fetching[id] = r
+	close(n.known)
+	n.known = make(chan struct{})
+}
+
+func (n *Node) stopFetching(id cid.Cid) {
+	n.mu.Lock()
+	delete(n.fetching, id)
+	n.mu.Unlock()
 }
 
 // FetchOptions tune Node.Fetch.
@@ -178,19 +269,19 @@ func (n *Node) Fetch(ctx context.Context, root *manifest.Root, ref string, peers
 	if err != nil {
 		return nil, err
 	}
+	return n.fetchRelease(ctx, envelope, m, id, peers, n.Store, opts, start)
+}
+
+// fetchRelease fetches the chunks of a verified release into s, then makes
+// them durable, pins them and saves the envelope.
+func (n *Node) fetchRelease(ctx context.Context, envelope []byte, m *manifest.Manifest, id cid.Cid, peers []peer.ID, s p2p.FetchStore, opts FetchOptions, start time.Time) (*FetchSummary, error) {
 	ids := m.ChunkIDs()
-	n.mu.Lock()
-	n.fetching[id] = ids
-	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		delete(n.fetching, id)
-		n.mu.Unlock()
-	}()
+	n.startFetching(id, &inFlight{name: m.Name, envelope: envelope, chunks: ids})
+	defer n.stopFetching(id)
 	cfg := opts.Swarm
 	cfg.Notifier = n.notifier
 	cfg.Progress = opts.Progress
-	res, err := p2p.Fetch(ctx, n.Host, n.Store, m, id, peers, cfg)
+	res, err := p2p.Fetch(ctx, n.Host, s, m, id, peers, cfg)
 	sum := &FetchSummary{Name: m.Name, CID: id.String(), Peers: map[string]int64{}, Manifest: m}
 	if res != nil {
 		sum.ChunksTotal, sum.ChunksPresent, sum.ChunksFetched = res.ChunksTotal, res.ChunksPresent, res.ChunksFetched

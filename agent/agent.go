@@ -1,0 +1,743 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+
+	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/p2p"
+	"github.com/patchctl/patchctl/store"
+)
+
+// Role is what a node does in the tree of sites.
+type Role string
+
+const (
+	// RoleOrigin holds every published release and the signed index; it
+	// is the root of the tree.
+	RoleOrigin Role = "origin"
+	// RoleProxy is a site's cache: it replicates the releases meant for
+	// its site over the WAN once, serves them to the site and tracks which
+	// site peers hold what. It never installs.
+	RoleProxy Role = "proxy"
+	// RoleNode is a client, server or appliance: it fetches from its site's
+	// peers and proxy, verifies, installs and reports.
+	RoleNode Role = "node"
+)
+
+// ParseRole parses a role name.
+func ParseRole(s string) (Role, error) {
+	switch r := Role(s); r {
+	case RoleOrigin, RoleProxy, RoleNode:
+		return r, nil
+	}
+	return "", fmt.Errorf("role %q: want origin, proxy or node", s)
+}
+
+// AgentConfig makes a node an agent that learns of releases by itself.
+type AgentConfig struct {
+	// Root is the trust root that releases and the index must be signed
+	// by; nil leaves the node a plain server.
+	Root *manifest.Root
+	Role Role
+	// Site names the node's site; releases of the index that name sites
+	// are fetched only by those sites.
+	Site string
+	// Upstreams are where the node polls for the index and gets releases:
+	// for a node its site's proxy, for a proxy the origin or a parent
+	// proxy. Not used by the origin.
+	Upstreams []peer.AddrInfo
+	// Siblings are proxies of other sites a proxy may share chunks with,
+	// so that the origin need not send a copy per site.
+	Siblings []peer.AddrInfo
+	// WANRate caps a proxy's downloads from upstreams and siblings, in
+	// bytes/s; 0 is unlimited.
+	WANRate int
+	// CacheQuota bounds a proxy's stored chunks in bytes (0: no bound).
+	// Chunks of releases meant for the site that not every site node has
+	// installed are pinned and never evicted.
+	CacheQuota int64
+	// PollInterval is how often the node asks its upstreams for a newer
+	// index, and retries failed work (default 1 min).
+	PollInterval time.Duration
+	// NoSwarm makes a node fetch from its upstreams only, never from site
+	// peers: the baseline a swarm is measured against.
+	NoSwarm bool
+	// HookTimeout bounds an install hook (default 10 min).
+	HookTimeout time.Duration
+	// Logger receives the agent's log; nil discards.
+	Logger *slog.Logger
+	// Now is the clock signatures are checked at; nil is time.Now.
+	Now func() time.Time
+}
+
+func (c *AgentConfig) validate() error {
+	if c.Root == nil {
+		return nil
+	}
+	if _, err := ParseRole(string(c.Role)); err != nil {
+		return err
+	}
+	if c.Role != RoleOrigin {
+		if err := manifest.ValidateSite(c.Site); err != nil {
+			return err
+		}
+		if len(c.Upstreams) == 0 {
+			return fmt.Errorf("a %s needs at least one upstream", c.Role)
+		}
+	}
+	return nil
+}
+
+// Files of an agent's state under its data dir.
+const (
+	indexFile     = "index.envelope"
+	installedDir  = "installed"
+	defaultPoll   = time.Minute
+	trackerPeriod = 2 * time.Second
+)
+
+// agentState is what an agent keeps beside the node's serving state.
+type agentState struct {
+	n      *Node
+	log    *slog.Logger
+	now    func() time.Time
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	upstreams map[peer.ID]bool
+	wan       *p2p.RateLimiter
+	cache     *store.Cache // proxies only
+	index     *p2p.IndexService
+	tracker   *p2p.TrackerService
+	announced chan peer.ID
+
+	mu         sync.Mutex
+	held       *manifest.Index
+	heldEnv    []byte
+	downstream map[peer.ID]bool
+	members    map[peer.ID]*member     // proxies: site nodes that reported
+	claimed    map[cid.Cid]int         // proxies: chunks of releases held whole, evicted or not
+	working    map[string]bool         // release names being worked on
+	states     map[string]ReleaseState // by release name
+}
+
+// member is a site node as its tracker knows it.
+type member struct {
+	releases map[string]string // manifest CID → state
+	seen     time.Time
+}
+
+// ReleaseState is an agent's progress on one release of its index.
+type ReleaseState struct {
+	Name  string `json:"name"`
+	CID   string `json:"cid"`
+	State string `json:"state"` // fetching, have (proxies: replicated), installed, failed
+	Error string `json:"error,omitempty"`
+}
+
+// States returns the agent's progress on the releases of its index, sorted
+// by name.
+func (n *Node) States() []ReleaseState {
+	if n.agent == nil {
+		return nil
+	}
+	a := n.agent
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]ReleaseState, 0, len(a.states))
+	for _, s := range a.states {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(x, y ReleaseState) int { return compareStrings(x.Name, y.Name) })
+	return out
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (n *Node) startAgent(ctx context.Context) error {
+	cfg := &n.cfg.AgentConfig
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("role", cfg.Role, "site", cfg.Site, "peer", n.Host.ID().ShortString())
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	actx, cancel := context.WithCancel(context.Background())
+	a := &agentState{
+		n: n, log: log, now: now, ctx: actx, cancel: cancel,
+		upstreams:  map[peer.ID]bool{},
+		wan:        p2p.NewRateLimiter(cfg.WANRate),
+		announced:  make(chan peer.ID, 16),
+		downstream: map[peer.ID]bool{},
+		members:    map[peer.ID]*member{},
+		claimed:    map[cid.Cid]int{},
+		working:    map[string]bool{},
+		states:     map[string]ReleaseState{},
+	}
+	ps := n.Host.Peerstore()
+	for _, info := range cfg.Upstreams {
+		ps.AddAddrs(info.ID, info.Addrs, peerstore.PermanentAddrTTL)
+		a.upstreams[info.ID] = true
+	}
+	for _, info := range cfg.Siblings {
+		ps.AddAddrs(info.ID, info.Addrs, peerstore.PermanentAddrTTL)
+	}
+	if cfg.Role == RoleProxy {
+		upstream := p2p.NewUpstream(&p2p.Client{Host: n.Host, Limiter: a.wan}, a.upstreamIDs()...)
+		c, err := store.NewCache(ctx, n.Store, upstream, cfg.CacheQuota)
+		if err != nil {
+			cancel()
+			return err
+		}
+		a.cache = c
+		// Releases replicated whole before a restart are claimed again:
+		// what was evicted since comes back through the cache.
+		rels, err := n.Catalog.List()
+		if err != nil {
+			cancel()
+			return err
+		}
+		for _, r := range rels {
+			a.claim(r.Manifest.ChunkIDs())
+		}
+	}
+	if err := a.loadIndex(); err != nil {
+		log.Warn("agent: held index not usable; starting without one", "err", err)
+	}
+	if err := a.loadInstalled(); err != nil {
+		cancel()
+		return err
+	}
+	n.agent = a
+	return nil
+}
+
+// runAgent starts the services and the loop, once the node serves.
+func (n *Node) runAgent() {
+	a := n.agent
+	var ann p2p.Announcements
+	if n.cfg.Role != RoleOrigin {
+		ann = a
+	}
+	a.index = p2p.NewIndexService(n.Host, a, ann, p2p.IndexConfig{Logger: n.cfg.Logger})
+	if n.cfg.Role == RoleProxy {
+		a.tracker = p2p.NewTrackerService(n.Host, a, n.cfg.Logger)
+	}
+	a.wg.Add(1)
+	go a.loop()
+}
+
+func (a *agentState) stop() {
+	a.cancel()
+	if a.index != nil {
+		a.index.Close()
+	}
+	if a.tracker != nil {
+		a.tracker.Close()
+	}
+	a.wg.Wait()
+}
+
+func (a *agentState) upstreamIDs() []peer.ID {
+	ids := make([]peer.ID, 0, len(a.n.cfg.Upstreams))
+	for _, info := range a.n.cfg.Upstreams {
+		ids = append(ids, info.ID)
+	}
+	return ids
+}
+
+// loop polls the upstreams, follows announcements and retries failed work
+// until the agent stops.
+func (a *agentState) loop() {
+	defer a.wg.Done()
+	interval := a.n.cfg.PollInterval
+	if interval <= 0 {
+		interval = defaultPoll
+	}
+	poll := time.NewTicker(interval)
+	defer poll.Stop()
+	a.pollUpstreams()
+	a.reconcile()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case from := <-a.announced:
+			a.pull(from)
+		case <-poll.C:
+			a.pollUpstreams()
+			a.reconcile()
+		}
+	}
+}
+
+// Announced takes an announcement: a newer index is pulled from its sender,
+// which must be an upstream, so that no peer can make this node fetch at
+// its bidding.
+func (a *agentState) Announced(from peer.ID, version uint64) {
+	if !a.upstreams[from] {
+		return
+	}
+	a.mu.Lock()
+	newer := a.held == nil || version > a.held.Version
+	a.mu.Unlock()
+	if !newer {
+		return
+	}
+	select {
+	case a.announced <- from:
+	default: // a pull is already queued
+	}
+}
+
+// Index serves the held index, and remembers the asker as a peer to push
+// announcements to.
+func (a *agentState) Index(_ context.Context, from peer.ID) (uint64, []byte, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.upstreams[from] {
+		a.downstream[from] = true
+	}
+	if a.held == nil {
+		return 0, nil, nil
+	}
+	return a.held.Version, a.heldEnv, nil
+}
+
+func (a *agentState) pollUpstreams() {
+	if a.n.cfg.Role == RoleOrigin {
+		return
+	}
+	for _, p := range a.upstreamIDs() {
+		if a.pull(p) {
+			return
+		}
+	}
+}
+
+// pull gets a newer index from p if it has one and adopts it; it reports
+// whether p answered.
+func (a *agentState) pull(p peer.ID) bool {
+	ctx, cancel := context.WithTimeout(a.ctx, time.Minute)
+	defer cancel()
+	a.mu.Lock()
+	var version uint64
+	if a.held != nil {
+		version = a.held.Version
+	}
+	a.mu.Unlock()
+	env, err := a.n.client.GetIndex(ctx, p, version)
+	if errors.Is(err, p2p.ErrNotFound) {
+		return true
+	}
+	if err != nil {
+		a.log.Debug("agent: poll failed", "upstream", p, "err", err)
+		return false
+	}
+	if err := a.adopt(env); err != nil {
+		a.log.Warn("agent: index refused", "upstream", p, "err", err)
+		return false
+	}
+	a.reconcile()
+	return true
+}
+
+// SetIndex makes env, a signed index, the one this node serves and acts on,
+// and announces it to the peers that polled this node. The origin is given
+// its index this way.
+func (n *Node) SetIndex(env []byte) error {
+	if n.agent == nil {
+		return errors.New("set index: the node has no trust root")
+	}
+	if err := n.agent.adopt(env); err != nil {
+		return err
+	}
+	n.agent.reconcile()
+	return nil
+}
+
+// adopt verifies env against the trust root and the held index (rollback),
+// keeps it on disk and announces it downstream.
+func (a *agentState) adopt(env []byte) error {
+	a.mu.Lock()
+	held := a.held
+	a.mu.Unlock()
+	ix, err := a.n.cfg.Root.VerifyIndex(env, a.now(), held)
+	if err != nil {
+		return err
+	}
+	if held != nil && ix.Version == held.Version {
+		return nil
+	}
+	if err := writeFileAtomic(filepath.Join(a.n.cfg.DataDir, indexFile), env, 0o644); err != nil {
+		return fmt.Errorf("keep index: %w", err)
+	}
+	a.mu.Lock()
+	a.held, a.heldEnv = ix, env
+	down := make([]peer.ID, 0, len(a.downstream))
+	for p := range a.downstream {
+		down = append(down, p)
+	}
+	a.mu.Unlock()
+	a.log.Info("agent: index adopted", "version", ix.Version, "releases", len(ix.Releases))
+	for _, p := range down {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			ctx, cancel := context.WithTimeout(a.ctx, 30*time.Second)
+			defer cancel()
+			if err := a.n.client.Announce(ctx, p, ix.Version); err != nil {
+				// It polls, and will catch up then.
+				a.log.Debug("agent: announce failed", "peer", p, "err", err)
+			}
+		}()
+	}
+	return nil
+}
+
+func (a *agentState) loadIndex() error {
+	env, err := os.ReadFile(filepath.Join(a.n.cfg.DataDir, indexFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ix, err := a.n.cfg.Root.VerifyIndex(env, a.now(), nil)
+	if err != nil {
+		return err
+	}
+	a.held, a.heldEnv = ix, env
+	return nil
+}
+
+// reconcile starts work on every release of the index meant for this site
+// that is not done and not being worked on.
+func (a *agentState) reconcile() {
+	role := a.n.cfg.Role
+	if role == RoleOrigin {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.held == nil {
+		return
+	}
+	for _, e := range a.held.Releases {
+		if !e.ForSite(a.n.cfg.Site) || a.working[e.Name] {
+			continue
+		}
+		st := a.states[e.Name]
+		if st.CID == e.CID && (st.State == p2p.StateInstalled || (role == RoleProxy && st.State == p2p.StateHave)) {
+			continue
+		}
+		a.working[e.Name] = true
+		a.states[e.Name] = ReleaseState{Name: e.Name, CID: e.CID, State: p2p.StateFetching}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			var err error
+			if role == RoleProxy {
+				err = a.replicate(e)
+			} else {
+				err = a.deploy(e)
+			}
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			delete(a.working, e.Name)
+			if err != nil {
+				if a.ctx.Err() == nil {
+					a.log.Warn("agent: release failed; retrying at the next poll", "release", e.Name, "err", err)
+				}
+				a.states[e.Name] = ReleaseState{Name: e.Name, CID: e.CID, State: "failed", Error: err.Error()}
+			}
+		}()
+	}
+}
+
+func (a *agentState) setState(e manifest.IndexEntry, state string) {
+	a.mu.Lock()
+	a.states[e.Name] = ReleaseState{Name: e.Name, CID: e.CID, State: state}
+	a.mu.Unlock()
+}
+
+// envelopeFor gets e's envelope from peers, verified and matching e.
+func (a *agentState) envelopeFor(ctx context.Context, e manifest.IndexEntry, peers []peer.ID) ([]byte, *manifest.Manifest, cid.Cid, error) {
+	if r, err := a.n.Catalog.Get(e.CID); err == nil {
+		if _, _, err := a.n.cfg.Root.VerifyManifest(r.Envelope, a.now()); err == nil {
+			return r.Envelope, r.Manifest, r.CID, nil
+		}
+	}
+	return a.n.fetchEnvelope(ctx, a.n.cfg.Root, e.CID, peers, a.now())
+}
+
+// replicate brings a release to a proxy: from sibling proxies where they
+// have the chunks, from the upstreams where none does, each chunk once over
+// the WAN. The release is pinned from the start, so the cache never evicts
+// what the site still needs.
+func (a *agentState) replicate(e manifest.IndexEntry) error {
+	ctx := a.ctx
+	n := a.n
+	var siblings []peer.ID
+	for _, info := range n.cfg.Siblings {
+		siblings = append(siblings, info.ID)
+	}
+	peers := append(slices.Clone(siblings), a.upstreamIDs()...)
+	env, m, id, err := a.envelopeFor(ctx, e, peers)
+	if err != nil {
+		return err
+	}
+	ids := m.ChunkIDs()
+	if err := n.Store.Pin(ctx, m.Name, ids); err != nil {
+		return err
+	}
+	// Proxies of sibling sites split the release: each starts at its own
+	// part, in the order of their peer IDs.
+	group := append([]peer.ID{n.Host.ID()}, siblings...)
+	slices.Sort(group)
+	opts := FetchOptions{Swarm: p2p.FetchConfig{
+		Costly:    func(p peer.ID) bool { return a.upstreams[p] },
+		Share:     p2p.Share{Index: slices.Index(group, n.Host.ID()), Of: len(group)},
+		NoEndgame: true,
+		Limiter:   a.wan,
+	}}
+	sum, err := n.fetchRelease(ctx, env, m, id, peers, a.cache, opts, time.Now())
+	if err != nil {
+		return err
+	}
+	a.claim(ids)
+	a.log.Info("agent: release replicated", "release", m.Name, "chunks", sum.ChunksFetched, "bytes", sum.BytesFetched, "seconds", sum.Seconds)
+	a.setState(e, p2p.StateHave)
+	a.updatePins()
+	return nil
+}
+
+// claim records chunks of a release held whole: the proxy serves them from
+// then on, through its cache if they were evicted.
+func (a *agentState) claim(ids []cid.Cid) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, id := range ids {
+		a.claimed[id]++
+	}
+}
+
+// Has is a proxy's answer to the have protocol: what it holds, and every
+// chunk of a release it held whole, which its cache gets again on demand.
+func (a *agentState) Has(ctx context.Context, id cid.Cid) (bool, error) {
+	a.mu.Lock()
+	claimed := a.claimed[id] > 0
+	a.mu.Unlock()
+	if claimed {
+		return true, nil
+	}
+	return a.n.Store.Has(ctx, id)
+}
+
+// deploy brings a release to a node and installs it: the envelope from the
+// proxy, the chunks from the proxy and the site peers the tracker names.
+func (a *agentState) deploy(e manifest.IndexEntry) error {
+	ctx := a.ctx
+	n := a.n
+	proxies := a.upstreamIDs()
+	env, m, id, err := a.envelopeFor(ctx, e, proxies)
+	if err != nil {
+		return err
+	}
+	peers := slices.Clone(proxies)
+	opts := FetchOptions{}
+	if !n.cfg.NoSwarm {
+		more := make(chan []peer.ID, 1)
+		opts.Swarm.MorePeers = more
+		tctx, stop := context.WithCancel(ctx)
+		defer stop()
+		found := a.track(tctx, e, p2p.StateFetching, id)
+		peers = append(peers, found...)
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			t := time.NewTicker(trackerPeriod)
+			defer t.Stop()
+			for {
+				select {
+				case <-tctx.Done():
+					return
+				case <-t.C:
+				}
+				if found := a.track(tctx, e, p2p.StateFetching, id); len(found) > 0 {
+					select {
+					case more <- found:
+					case <-tctx.Done():
+						return
+					}
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	if _, err := n.fetchRelease(ctx, env, m, id, peers, n.Store, opts, start); err != nil {
+		return err
+	}
+	a.setState(e, p2p.StateHave)
+	if err := a.install(ctx, m, id); err != nil {
+		return err
+	}
+	a.setState(e, p2p.StateInstalled)
+	if !n.cfg.NoSwarm {
+		a.track(ctx, e, p2p.StateInstalled, cid.Undef)
+	}
+	return nil
+}
+
+// track reports this node's releases to its site's tracker and returns the
+// site peers it names for want (if defined), with their addresses added.
+func (a *agentState) track(ctx context.Context, e manifest.IndexEntry, state string, want cid.Cid) []peer.ID {
+	report := &p2p.TrackerReport{Site: a.n.cfg.Site}
+	a.mu.Lock()
+	for _, s := range a.states {
+		if s.CID != "" && (s.State == p2p.StateHave || s.State == p2p.StateInstalled || s.State == p2p.StateFetching) {
+			report.Releases = append(report.Releases, p2p.TrackedRelease{CID: s.CID, State: s.State})
+		}
+	}
+	a.mu.Unlock()
+	report.Releases = append(report.Releases, p2p.TrackedRelease{CID: e.CID, State: state})
+	if len(report.Releases) > p2p.MaxTrackedReleases {
+		report.Releases = report.Releases[len(report.Releases)-p2p.MaxTrackedReleases:]
+	}
+	if want.Defined() {
+		report.Want = want.String()
+	}
+	var ids []peer.ID
+	for _, proxy := range a.upstreamIDs() {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		infos, err := a.n.client.Track(rctx, proxy, report)
+		cancel()
+		if err != nil {
+			a.log.Debug("agent: tracker failed", "proxy", proxy, "err", err)
+			continue
+		}
+		for _, info := range infos {
+			a.n.Host.Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.TempAddrTTL)
+			ids = append(ids, info.ID)
+		}
+		break
+	}
+	return ids
+}
+
+// maxSwarmPeers bounds the site peers a tracker names to one node: enough
+// to swarm, few enough that have subscriptions stay cheap in a large site.
+const maxSwarmPeers = 8
+
+// Track is a proxy's tracker: it records what a node of its site holds and
+// names up to maxSwarmPeers other site nodes that hold or fetch what it
+// wants. Nodes of other sites are not recorded and get no peers.
+func (a *agentState) Track(_ context.Context, from peer.ID, r *p2p.TrackerReport) ([]peer.AddrInfo, error) {
+	if r.Site != a.n.cfg.Site {
+		return nil, nil
+	}
+	a.mu.Lock()
+	m := &member{releases: map[string]string{}, seen: a.now()}
+	for _, rel := range r.Releases {
+		m.releases[rel.CID] = rel.State
+	}
+	a.members[from] = m
+	a.downstream[from] = true
+	var candidates []peer.ID
+	if r.Want != "" {
+		for id, other := range a.members {
+			if id != from && other.releases[r.Want] != "" {
+				candidates = append(candidates, id)
+			}
+		}
+	}
+	a.mu.Unlock()
+	rand.Shuffle(len(candidates), func(i, j int) { candidates[i], candidates[j] = candidates[j], candidates[i] })
+	candidates = candidates[:min(len(candidates), maxSwarmPeers)]
+	infos := make([]peer.AddrInfo, 0, len(candidates))
+	for _, id := range candidates {
+		infos = append(infos, peer.AddrInfo{ID: id, Addrs: a.n.Host.Peerstore().Addrs(id)})
+	}
+	a.updatePins()
+	return infos, nil
+}
+
+// updatePins unpins, on a proxy, the releases every site node it knows has
+// installed, and lets the cache evict their chunks. A release stays pinned
+// while any known node has not reported it installed, and while no node has
+// reported at all.
+func (a *agentState) updatePins() {
+	if a.cache == nil {
+		return
+	}
+	a.mu.Lock()
+	var done []string
+	if a.held != nil && len(a.members) > 0 {
+		for _, e := range a.held.Releases {
+			if !e.ForSite(a.n.cfg.Site) || a.states[e.Name].State != p2p.StateHave {
+				continue
+			}
+			all := true
+			for _, m := range a.members {
+				if m.releases[e.CID] != p2p.StateInstalled {
+					all = false
+					break
+				}
+			}
+			if all {
+				done = append(done, e.Name)
+			}
+		}
+	}
+	a.mu.Unlock()
+	if len(done) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, time.Minute)
+	defer cancel()
+	pins, err := a.n.Store.Pins(ctx)
+	if err != nil {
+		a.log.Warn("agent: read pins", "err", err)
+		return
+	}
+	unpinned := false
+	for _, name := range done {
+		if _, ok := pins[name]; ok {
+			if err := a.n.Store.Unpin(ctx, name); err != nil {
+				a.log.Warn("agent: unpin", "release", name, "err", err)
+				continue
+			}
+			unpinned = true
+		}
+	}
+	if unpinned {
+		if err := a.cache.Evict(ctx); err != nil {
+			a.log.Warn("agent: evict", "err", err)
+		}
+	}
+}
