@@ -1,0 +1,411 @@
+package testnet
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/patchctl/patchctl/agent"
+	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/p2p"
+)
+
+// Config describes a network of sites: an origin, and per site a proxy and
+// NodesPerSite nodes. Rates are in bytes/s; 0 is unlimited.
+type Config struct {
+	Sites        int
+	NodesPerSite int
+	// WAN is each site's link to the rest of the world, one pipe per
+	// direction shared by every flow into or out of the site.
+	WAN int64
+	// NodeLink is each node's and proxy's own link, per direction.
+	NodeLink int64
+	// OriginUplink is the origin's link, per direction.
+	OriginUplink int64
+	// WANLatency and LANLatency are the one-way delays of a site's WAN
+	// link and of each node's link.
+	WANLatency, LANLatency time.Duration
+	// Dir holds every member's data dir.
+	Dir string
+	// NoSwarm makes the nodes fetch from the origin only, through their
+	// site's WAN: the baseline.
+	NoSwarm bool
+	// SiblingProxies lets the proxies of all sites share chunks.
+	SiblingProxies bool
+	// CacheQuota bounds each proxy's chunks (0: no bound).
+	CacheQuota int64
+	// PollInterval is the agents' poll interval (default 1 s).
+	PollInterval time.Duration
+	Logger       *slog.Logger
+}
+
+// Member is one agent of the network with its own link.
+type Member struct {
+	Name string
+	Role agent.Role
+	Site *Site // nil for the origin
+	Node *agent.Node
+	// Up carries what the member sends, Down what it receives.
+	Up, Down *Pipe
+
+	id    peer.ID
+	dir   string
+	cfg   agent.NodeConfig
+	gater *linkGater
+}
+
+// ID returns the member's peer ID, which stays the same across restarts.
+func (m *Member) ID() peer.ID { return m.id }
+
+// Site is a site: a proxy, nodes, and the WAN pipes every byte into or out
+// of the site crosses.
+type Site struct {
+	Name           string
+	Proxy          *Member
+	Nodes          []*Member
+	WANUp, WANDown *Pipe
+	// partitioned cuts the site's WAN: its links refuse to carry bytes.
+	partitioned bool
+}
+
+// Network is a running network of members whose connections all run through
+// shaped forwarders on loopback.
+type Network struct {
+	cfg    Config
+	Root   *manifest.Root
+	Key    ed25519.PrivateKey
+	Origin *Member
+	Sites  []*Site
+
+	mu         sync.Mutex
+	members    map[peer.ID]*Member
+	forwarders map[[2]peer.ID]*Forwarder
+}
+
+// New starts a network as cfg describes, with a fresh trust root whose only
+// key is returned in Key for publishing.
+func New(ctx context.Context, cfg Config) (*Network, error) {
+	if cfg.Sites < 1 || cfg.NodesPerSite < 1 {
+		return nil, fmt.Errorf("testnet: need at least one site of one node, got %d × %d", cfg.Sites, cfg.NodesPerSite)
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
+	key, root, err := NewTrust()
+	if err != nil {
+		return nil, err
+	}
+	n := &Network{cfg: cfg, Root: root, Key: key, members: map[peer.ID]*Member{}, forwarders: map[[2]peer.ID]*Forwarder{}}
+	ok := false
+	defer func() {
+		if !ok {
+			n.Close()
+		}
+	}()
+	n.Origin = n.newMember("origin", agent.RoleOrigin, nil, cfg.OriginUplink)
+	for i := range cfg.Sites {
+		s := &Site{
+			Name:    fmt.Sprintf("site%02d", i+1),
+			WANUp:   NewPipe(fmt.Sprintf("site%02d-wan-up", i+1), cfg.WAN, cfg.WANLatency),
+			WANDown: NewPipe(fmt.Sprintf("site%02d-wan-down", i+1), cfg.WAN, cfg.WANLatency),
+		}
+		s.Proxy = n.newMember(s.Name+"-proxy", agent.RoleProxy, s, cfg.NodeLink)
+		for j := range cfg.NodesPerSite {
+			s.Nodes = append(s.Nodes, n.newMember(fmt.Sprintf("%s-node%02d", s.Name, j+1), agent.RoleNode, s, cfg.NodeLink))
+		}
+		n.Sites = append(n.Sites, s)
+	}
+	// Identities first, so every member's configuration can name the
+	// peers it talks to; then start them from the root of the tree down,
+	// so that whatever a member dials is already listening.
+	for _, m := range n.all() {
+		if err := n.identify(m); err != nil {
+			return nil, err
+		}
+	}
+	for _, m := range n.all() {
+		n.configure(m)
+		if err := n.Start(ctx, m); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return n, nil
+}
+
+func (n *Network) newMember(name string, role agent.Role, s *Site, link int64) *Member {
+	lat := n.cfg.LANLatency
+	return &Member{
+		Name: name, Role: role, Site: s,
+		Up:   NewPipe(name+"-up", link, lat),
+		Down: NewPipe(name+"-down", link, lat),
+		dir:  filepath.Join(n.cfg.Dir, name),
+	}
+}
+
+// all lists the members, origin first, then each site's proxy and nodes.
+func (n *Network) all() []*Member {
+	out := []*Member{n.Origin}
+	for _, s := range n.Sites {
+		out = append(out, s.Proxy)
+		out = append(out, s.Nodes...)
+	}
+	return out
+}
+
+// Members lists every member, origin first, then each site's proxy and
+// nodes.
+func (n *Network) Members() []*Member { return n.all() }
+
+func (n *Network) identify(m *Member) error {
+	if err := os.MkdirAll(m.dir, 0o755); err != nil {
+		return err
+	}
+	id, err := p2p.LoadPeerID(m.dir)
+	if err != nil {
+		return err
+	}
+	m.id = id
+	n.mu.Lock()
+	n.members[id] = m
+	n.mu.Unlock()
+	return nil
+}
+
+// configure sets m's agent configuration: its upstreams, siblings and site.
+func (n *Network) configure(m *Member) {
+	m.gater = &linkGater{net: n, self: m}
+	cfg := agent.NodeConfig{
+		DataDir:     m.dir,
+		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
+		Gater:       m.gater,
+		AgentConfig: agent.AgentConfig{
+			Root:         n.Root,
+			Role:         m.Role,
+			PollInterval: n.cfg.PollInterval,
+			Logger:       n.cfg.Logger,
+		},
+	}
+	if m.Site != nil {
+		cfg.Site = m.Site.Name
+	}
+	switch m.Role {
+	case agent.RoleProxy:
+		cfg.Upstreams = []peer.AddrInfo{{ID: n.Origin.id}}
+		cfg.CacheQuota = n.cfg.CacheQuota
+		if n.cfg.SiblingProxies {
+			for _, s := range n.Sites {
+				if s != m.Site {
+					cfg.Siblings = append(cfg.Siblings, peer.AddrInfo{ID: s.Proxy.id})
+				}
+			}
+		}
+	case agent.RoleNode:
+		if n.cfg.NoSwarm {
+			cfg.Upstreams = []peer.AddrInfo{{ID: n.Origin.id}}
+			cfg.NoSwarm = true
+		} else {
+			cfg.Upstreams = []peer.AddrInfo{{ID: m.Site.Proxy.id}}
+		}
+	}
+	m.cfg = cfg
+}
+
+// Start starts m's agent, or starts it again after Stop; it keeps its data
+// dir and peer ID.
+func (n *Network) Start(ctx context.Context, m *Member) error {
+	node, err := agent.StartNode(ctx, m.cfg)
+	if err != nil {
+		return fmt.Errorf("testnet: start %s: %w", m.Name, err)
+	}
+	n.mu.Lock()
+	m.Node = node
+	n.mu.Unlock()
+	return nil
+}
+
+// Stop stops m's agent as a crash would stop the process: connections
+// through its links are cut; its data dir stays.
+func (n *Network) Stop(m *Member) error {
+	n.mu.Lock()
+	node := m.Node
+	m.Node = nil
+	var fws []*Forwarder
+	for k, f := range n.forwarders {
+		if k[0] == m.id || k[1] == m.id {
+			fws = append(fws, f)
+			delete(n.forwarders, k)
+		}
+	}
+	n.mu.Unlock()
+	for _, f := range fws {
+		f.Close()
+	}
+	if node == nil {
+		return nil
+	}
+	return node.Close()
+}
+
+// Partition cuts (or, with cut false, heals) a site's WAN: every
+// connection that crosses it is closed and no new one opens.
+func (n *Network) Partition(s *Site, cut bool) {
+	n.mu.Lock()
+	s.partitioned = cut
+	var fws []*Forwarder
+	if cut {
+		for k, f := range n.forwarders {
+			a, b := n.members[k[0]], n.members[k[1]]
+			if a.Site != b.Site && (a.Site == s || b.Site == s) {
+				fws = append(fws, f)
+				delete(n.forwarders, k)
+			}
+		}
+	}
+	n.mu.Unlock()
+	for _, f := range fws {
+		f.Close()
+	}
+}
+
+// Close stops every member and link.
+func (n *Network) Close() error {
+	var errs []error
+	for _, m := range n.all() {
+		if m == nil {
+			continue
+		}
+		if err := n.Stop(m); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// path returns the pipes bytes from a to b cross: a's link, the WAN of a's
+// site and of b's site if they differ, and b's link.
+func path(a, b *Member) Path {
+	p := Path{a.Up}
+	if a.Site != b.Site {
+		if a.Site != nil {
+			p = append(p, a.Site.WANUp)
+		}
+		if b.Site != nil {
+			p = append(p, b.Site.WANDown)
+		}
+	}
+	return append(p, b.Down)
+}
+
+// link returns the forwarder that carries from's connections to to, starting
+// it if needed, and whether the two may talk at all.
+func (n *Network) link(from *Member, to peer.ID) (*Forwarder, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	dst := n.members[to]
+	if dst == nil || dst.Node == nil {
+		return nil, false
+	}
+	if from.Site != dst.Site && ((from.Site != nil && from.Site.partitioned) || (dst.Site != nil && dst.Site.partitioned)) {
+		return nil, false
+	}
+	key := [2]peer.ID{from.id, to}
+	if f := n.forwarders[key]; f != nil {
+		return f, true
+	}
+	target, err := tcpAddr(dst.Node.Host.Addrs())
+	if err != nil {
+		return nil, false
+	}
+	f, err := NewForwarder(target, path(from, dst), path(dst, from))
+	if err != nil {
+		return nil, false
+	}
+	n.forwarders[key] = f
+	return f, true
+}
+
+// tcpAddr returns the first TCP loopback address of addrs as host:port.
+func tcpAddr(addrs []ma.Multiaddr) (string, error) {
+	for _, a := range addrs {
+		na, err := manet.ToNetAddr(a)
+		if err != nil {
+			continue
+		}
+		if t, ok := na.(*net.TCPAddr); ok && t.IP.IsLoopback() {
+			return t.String(), nil
+		}
+	}
+	return "", fmt.Errorf("no loopback TCP address among %v", addrs)
+}
+
+// linkGater makes a member dial every peer through the forwarder of their
+// link, and nothing else: the only address of a peer it may dial is that
+// forwarder's, which it learns just before dialing.
+type linkGater struct {
+	net  *Network
+	self *Member
+}
+
+func (g *linkGater) InterceptPeerDial(p peer.ID) bool {
+	f, ok := g.net.link(g.self, p)
+	if !ok {
+		return false
+	}
+	node := g.self.Node
+	if node == nil {
+		return false
+	}
+	addr, err := manet.FromNetAddr(f.Addr())
+	if err != nil {
+		return false
+	}
+	ps := node.Host.Peerstore()
+	if !containsAddr(ps.Addrs(p), addr) {
+		ps.ClearAddrs(p)
+		ps.AddAddrs(p, []ma.Multiaddr{addr}, peerstore.PermanentAddrTTL)
+	}
+	return true
+}
+
+func containsAddr(addrs []ma.Multiaddr, a ma.Multiaddr) bool {
+	for _, b := range addrs {
+		if b.Equal(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *linkGater) InterceptAddrDial(p peer.ID, a ma.Multiaddr) bool {
+	f, ok := g.net.link(g.self, p)
+	if !ok {
+		return false
+	}
+	want, err := manet.FromNetAddr(f.Addr())
+	return err == nil && a.Equal(want)
+}
+
+func (g *linkGater) InterceptAccept(network.ConnMultiaddrs) bool { return true }
+
+func (g *linkGater) InterceptSecured(network.Direction, peer.ID, network.ConnMultiaddrs) bool {
+	return true
+}
+
+func (g *linkGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
+	return true, 0
+}

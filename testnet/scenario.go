@@ -1,0 +1,188 @@
+package testnet
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/patchctl/patchctl/agent"
+	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/p2p"
+	"github.com/patchctl/patchctl/store"
+	"github.com/patchctl/patchctl/testnet/packgen"
+)
+
+// NewTrust returns a fresh publisher key and a trust root of that one key,
+// valid for a day.
+func NewTrust() (ed25519.PrivateKey, *manifest.Root, error) {
+	key, err := manifest.GenerateKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	root, err := manifest.NewRoot([]ed25519.PublicKey{key.Public().(ed25519.PublicKey)}, 1, 1, time.Now().Add(24*time.Hour))
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, root, nil
+}
+
+// WritePack writes a generated service pack of about size bytes under dir:
+// three quarters software-like content and one quarter already-compressed
+// content, which together compress about 2:1, as a service pack of binaries,
+// scripts and compressed resources does. Equal seeds give equal packs.
+func WritePack(dir string, seed uint64, size int64) ([]agent.Source, error) {
+	parts := []struct {
+		path string
+		size int64
+		kind packgen.Kind
+	}{
+		{"bin/service.bin", size * 3 / 4, packgen.Software},
+		{"res/resources.pak", size - size*3/4, packgen.Incompressible},
+	}
+	var sources []agent.Source
+	for i, part := range parts {
+		local := filepath.Join(dir, filepath.FromSlash(part.path))
+		if err := os.MkdirAll(filepath.Dir(local), 0o755); err != nil {
+			return nil, err
+		}
+		f, err := os.Create(local)
+		if err != nil {
+			return nil, err
+		}
+		_, err = io.Copy(f, packgen.New(seed*2+uint64(i), part.size, part.kind))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, err
+		}
+		sources = append(sources, agent.Source{Local: local, Path: part.path, Mode: 0o644, Size: part.size})
+	}
+	return sources, nil
+}
+
+// Release is a release published at the origin.
+type Release struct {
+	Name       string
+	Manifest   *manifest.Manifest
+	Entry      manifest.IndexEntry
+	StoredSize int64 // bytes of its distinct chunks as stored: what one copy moves
+}
+
+// Publish publishes sources at the origin as release name, with the given
+// install hook.
+func (n *Network) Publish(ctx context.Context, name string, sources []agent.Source, hook []string) (*Release, error) {
+	origin := n.Origin.Node
+	res, err := agent.Publish(ctx, origin.Store, origin.Catalog, n.Key, sources, agent.PublishOptions{
+		Name: name, Install: manifest.Install{Hook: hook},
+	})
+	if err != nil {
+		return nil, err
+	}
+	r, err := origin.Catalog.Get(res.CID.String())
+	if err != nil {
+		return nil, err
+	}
+	var stored int64
+	for _, id := range r.Manifest.ChunkIDs() {
+		info, err := origin.Store.Stat(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		stored += info.StoredSize
+	}
+	return &Release{
+		Name: name, Manifest: r.Manifest, StoredSize: stored,
+		Entry: manifest.IndexEntry{Name: name, CID: res.CID.String(), Sequence: res.Sequence},
+	}, nil
+}
+
+// Announce signs an index of version listing releases and gives it to the
+// origin, which announces it down the tree.
+func (n *Network) Announce(version uint64, releases ...*Release) error {
+	ix := &manifest.Index{Version: version, Channel: "stable", Created: time.Now(), Expires: time.Now().Add(24 * time.Hour)}
+	for _, r := range releases {
+		ix.Releases = append(ix.Releases, r.Entry)
+	}
+	env, err := manifest.SignIndex(ix, n.Key)
+	if err != nil {
+		return err
+	}
+	return n.Origin.Node.SetIndex(env)
+}
+
+// Installed reports whether m has installed the release called name.
+func Installed(m *Member, name string) bool {
+	node := m.Node
+	if node == nil {
+		return false
+	}
+	for _, s := range node.States() {
+		if s.Name == name && s.State == p2p.StateInstalled {
+			return true
+		}
+	}
+	return false
+}
+
+// WaitInstalled waits until every node of sites has installed the release
+// called name, or ctx ends.
+func (n *Network) WaitInstalled(ctx context.Context, name string, sites ...*Site) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		missing := 0
+		var failed []string
+		for _, s := range sites {
+			for _, m := range s.Nodes {
+				if !Installed(m, name) {
+					missing++
+					if st := stateOf(m, name); st.State == "failed" {
+						failed = append(failed, fmt.Sprintf("%s: %s", m.Name, st.Error))
+					}
+				}
+			}
+		}
+		if missing == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d nodes have not installed %s (failures seen: %v): %w", missing, name, failed, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+func stateOf(m *Member, name string) agent.ReleaseState {
+	if m.Node == nil {
+		return agent.ReleaseState{}
+	}
+	for _, s := range m.Node.States() {
+		if s.Name == name {
+			return s
+		}
+	}
+	return agent.ReleaseState{}
+}
+
+// Replicated reports whether s's proxy holds the release called name whole.
+func Replicated(s *Site, name string) bool {
+	st := stateOf(s.Proxy, name)
+	return st.State == p2p.StateHave
+}
+
+// StoredBytes sums the stored size of ids in st, skipping absent ones.
+func StoredBytes(ctx context.Context, st store.Lister, m *manifest.Manifest) int64 {
+	var total int64
+	for _, id := range m.ChunkIDs() {
+		if info, err := st.Stat(ctx, id); err == nil {
+			total += info.StoredSize
+		}
+	}
+	return total
+}
