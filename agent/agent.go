@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -132,6 +133,7 @@ type agentState struct {
 	members    map[peer.ID]*member     // proxies: site nodes that reported
 	claimed    map[cid.Cid]int         // proxies: chunks of releases held whole, evicted or not
 	working    map[string]bool         // release names being worked on
+	attempts   map[string]int          // failed attempts in a row, by release name
 	states     map[string]ReleaseState // by release name
 }
 
@@ -140,6 +142,10 @@ type member struct {
 	releases map[string]string // manifest CID → state
 	seen     time.Time
 }
+
+// StateFailed is the state of a release whose last attempt failed; the agent
+// retries it.
+const StateFailed = "failed"
 
 // ReleaseState is an agent's progress on one release of its index.
 type ReleaseState struct {
@@ -162,18 +168,8 @@ func (n *Node) States() []ReleaseState {
 	for _, s := range a.states {
 		out = append(out, s)
 	}
-	slices.SortFunc(out, func(x, y ReleaseState) int { return compareStrings(x.Name, y.Name) })
+	slices.SortFunc(out, func(x, y ReleaseState) int { return strings.Compare(x.Name, y.Name) })
 	return out
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func (n *Node) startAgent(ctx context.Context) error {
@@ -197,6 +193,7 @@ func (n *Node) startAgent(ctx context.Context) error {
 		members:    map[peer.ID]*member{},
 		claimed:    map[cid.Cid]int{},
 		working:    map[string]bool{},
+		attempts:   map[string]int{},
 		states:     map[string]ReleaseState{},
 	}
 	ps := n.Host.Peerstore()
@@ -254,6 +251,11 @@ func (n *Node) runAgent() {
 
 func (a *agentState) stop() {
 	a.cancel()
+	// Whoever adds to wg does so holding mu after checking ctx: past
+	// this, nobody adds, and Wait is safe.
+	a.mu.Lock()
+	a.mu.Unlock() //nolint:staticcheck // an empty critical section is the barrier
+
 	if a.index != nil {
 		a.index.Close()
 	}
@@ -271,15 +273,18 @@ func (a *agentState) upstreamIDs() []peer.ID {
 	return ids
 }
 
+func (a *agentState) pollInterval() time.Duration {
+	if a.n.cfg.PollInterval <= 0 {
+		return defaultPoll
+	}
+	return a.n.cfg.PollInterval
+}
+
 // loop polls the upstreams, follows announcements and retries failed work
 // until the agent stops.
 func (a *agentState) loop() {
 	defer a.wg.Done()
-	interval := a.n.cfg.PollInterval
-	if interval <= 0 {
-		interval = defaultPoll
-	}
-	poll := time.NewTicker(interval)
+	poll := time.NewTicker(a.pollInterval())
 	defer poll.Stop()
 	a.pollUpstreams()
 	a.reconcile()
@@ -398,14 +403,13 @@ func (a *agentState) adopt(env []byte) error {
 		return fmt.Errorf("keep index: %w", err)
 	}
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.held, a.heldEnv = ix, env
-	down := make([]peer.ID, 0, len(a.downstream))
-	for p := range a.downstream {
-		down = append(down, p)
-	}
-	a.mu.Unlock()
 	a.log.Info("agent: index adopted", "version", ix.Version, "releases", len(ix.Releases))
-	for _, p := range down {
+	if a.ctx.Err() != nil {
+		return nil
+	}
+	for p := range a.downstream {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
@@ -445,7 +449,7 @@ func (a *agentState) reconcile() {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.held == nil {
+	if a.held == nil || a.ctx.Err() != nil {
 		return
 	}
 	for _, e := range a.held.Releases {
@@ -470,12 +474,19 @@ func (a *agentState) reconcile() {
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			delete(a.working, e.Name)
-			if err != nil {
-				if a.ctx.Err() == nil {
-					a.log.Warn("agent: release failed; retrying at the next poll", "release", e.Name, "err", err)
-				}
-				a.states[e.Name] = ReleaseState{Name: e.Name, CID: e.CID, State: "failed", Error: err.Error()}
+			if err == nil {
+				delete(a.attempts, e.Name)
+				return
 			}
+			a.states[e.Name] = ReleaseState{Name: e.Name, CID: e.CID, State: StateFailed, Error: err.Error()}
+			if a.ctx.Err() != nil {
+				return
+			}
+			// Retry soon, then less often, and at least at every poll.
+			a.attempts[e.Name]++
+			backoff := min(a.pollInterval(), time.Second<<min(a.attempts[e.Name]-1, 10))
+			a.log.Warn("agent: release failed; retrying", "release", e.Name, "in", backoff, "err", err)
+			time.AfterFunc(backoff, a.reconcile)
 		}()
 	}
 }
@@ -507,8 +518,10 @@ func (a *agentState) replicate(e manifest.IndexEntry) error {
 	for _, info := range n.cfg.Siblings {
 		siblings = append(siblings, info.ID)
 	}
+	// The envelope from the upstreams first: they have it, while siblings
+	// may be waiting for it themselves.
+	env, m, id, err := a.envelopeFor(ctx, e, append(a.upstreamIDs(), siblings...))
 	peers := append(slices.Clone(siblings), a.upstreamIDs()...)
-	env, m, id, err := a.envelopeFor(ctx, e, peers)
 	if err != nil {
 		return err
 	}
@@ -516,22 +529,23 @@ func (a *agentState) replicate(e manifest.IndexEntry) error {
 	if err := n.Store.Pin(ctx, m.Name, ids); err != nil {
 		return err
 	}
-	// Proxies of sibling sites split the release: each starts at its own
-	// part, in the order of their peer IDs.
+	// Proxies of sibling sites split the release: each gets its own part
+	// over the WAN from the upstreams, and the others' parts from them.
 	group := append([]peer.ID{n.Host.ID()}, siblings...)
 	slices.Sort(group)
 	opts := FetchOptions{Swarm: p2p.FetchConfig{
-		Costly:    func(p peer.ID) bool { return a.upstreams[p] },
-		Share:     p2p.Share{Index: slices.Index(group, n.Host.ID()), Of: len(group)},
-		NoEndgame: true,
-		Limiter:   a.wan,
+		Costly:      func(p peer.ID) bool { return a.upstreams[p] },
+		Share:       group,
+		NoEndgame:   true,
+		Limiter:     a.wan,
+		IdleTimeout: fetchIdle,
 	}}
 	sum, err := n.fetchRelease(ctx, env, m, id, peers, a.cache, opts, time.Now())
 	if err != nil {
 		return err
 	}
 	a.claim(ids)
-	a.log.Info("agent: release replicated", "release", m.Name, "chunks", sum.ChunksFetched, "bytes", sum.BytesFetched, "seconds", sum.Seconds)
+	a.log.Info("agent: release replicated", "release", m.Name, "chunks", sum.ChunksFetched, "bytes", sum.BytesFetched, "seconds", sum.Seconds, "peer_bytes", sum.Peers)
 	a.setState(e, p2p.StateHave)
 	a.updatePins()
 	return nil
@@ -570,7 +584,7 @@ func (a *agentState) deploy(e manifest.IndexEntry) error {
 		return err
 	}
 	peers := slices.Clone(proxies)
-	opts := FetchOptions{}
+	opts := FetchOptions{Swarm: p2p.FetchConfig{IdleTimeout: fetchIdle}}
 	if !n.cfg.NoSwarm {
 		more := make(chan []peer.ID, 1)
 		opts.Swarm.MorePeers = more
@@ -649,6 +663,11 @@ func (a *agentState) track(ctx context.Context, e manifest.IndexEntry, state str
 	}
 	return ids
 }
+
+// fetchIdle ends an agent's fetch whose peers have gone quiet, so that it
+// starts again soon with the peers of the moment (a restarted proxy, new
+// site peers) instead of waiting on the old ones.
+const fetchIdle = 10 * time.Second
 
 // maxSwarmPeers bounds the site peers a tracker names to one node: enough
 // to swarm, few enough that have subscriptions stay cheap in a large site.

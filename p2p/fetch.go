@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -64,13 +65,17 @@ type FetchConfig struct {
 	// the proxies of sibling sites: what a sibling already holds is not
 	// fetched from the origin again.
 	Costly func(peer.ID) bool
-	// Share, if Of > 1, makes this fetch one of Of fetchers splitting the
-	// release between them, such as the proxies of sibling sites: ties in
-	// rarity are broken in one order of the chunks common to all, each
-	// fetcher starting at its own Index-th of Of equal parts. Fetchers
-	// that run together then take different chunks from the upstream and
-	// trade the rest, instead of meeting at random.
-	Share Share
+	// Share, if it names more than this host, makes this fetch one of
+	// several splitting the release between them, such as the proxies of
+	// sibling sites: the chunks, sorted by CID, are cut into as many equal
+	// parts as Share has peers, and a Costly peer is asked only for this
+	// host's part, for the part of a peer that is gone, or for any part
+	// once the peers have announced nothing new for ShareWait. Ties in
+	// rarity are broken in that order, starting at this host's part.
+	Share []peer.ID
+	// ShareWait is how long sharing peers may stay silent before the
+	// Costly peers are asked for their parts (default 2 s).
+	ShareWait time.Duration
 	// NoEndgame turns off duplicate requests at the end, for links where a
 	// duplicate costs more than a slow tail, such as a WAN.
 	NoEndgame bool
@@ -79,11 +84,6 @@ type FetchConfig struct {
 	// MorePeers, if set, delivers peers that join while the fetch runs,
 	// such as site peers a tracker names after the fetch started.
 	MorePeers <-chan []peer.ID
-}
-
-// Share is a fetcher's part of a release split among Of fetchers.
-type Share struct {
-	Index, Of int
 }
 
 // FetchProgress is a snapshot of a fetch, for progress bars and status.
@@ -208,12 +208,14 @@ type fetch struct {
 	sizes      []int64
 	index      map[cid.Cid]int
 	state      []uint8
-	copies     []uint8 // requests in flight per chunk
-	avail      []int   // how many usable peers have each chunk
-	cheapAvail []int   // how many of those are not Costly
-	rank       []int   // tie-break order among equally rare chunks
-	pending    []int   // missing chunks not in flight, in random order
-	pendingPos []int   // position of each chunk in pending, or -1
+	copies     []uint8   // requests in flight per chunk
+	avail      []int     // how many usable peers have each chunk
+	cheapAvail []int     // how many of those are not Costly
+	rank       []int     // tie-break order among equally rare chunks
+	owner      []peer.ID // with a Share: the peer whose part each chunk is in
+	cheapNews  time.Time // when a peer that is not Costly last announced a chunk
+	pending    []int     // missing chunks not in flight, in random order
+	pendingPos []int     // position of each chunk in pending, or -1
 	remaining  int
 	bytesTotal int64
 	bytesDone  int64
@@ -298,7 +300,8 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 		f.pendingPos[i] = len(f.pending)
 		f.pending = append(f.pending, i)
 	}
-	f.rank = chunkRanks(ids, cfg.Share, f.rng)
+	f.rank, f.owner = chunkRanks(ids, h.ID(), cfg.Share, f.rng)
+	f.cfg.ShareWait = orDefault(cfg.ShareWait, 2*time.Second)
 	for _, p := range peers {
 		f.addPeer(p)
 	}
@@ -307,26 +310,48 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 
 // chunkRanks orders the chunks for breaking ties in rarity. By default the
 // order is random, which spreads fetchers that start together over different
-// chunks, so they have something to trade from the start. With a Share, the
-// order is the chunks sorted by CID, rotated to start at the fetcher's part.
-func chunkRanks(ids []cid.Cid, share Share, rng *rand.Rand) []int {
+// chunks, so they have something to trade from the start. With a share, the
+// order is the chunks sorted by CID, rotated to start at self's part, and
+// owners names the peer whose part each chunk is in.
+func chunkRanks(ids []cid.Cid, self peer.ID, share []peer.ID, rng *rand.Rand) (rank []int, owners []peer.ID) {
 	n := len(ids)
 	order := make([]int, n)
 	for i := range order {
 		order[i] = i
 	}
-	if share.Of > 1 && share.Index >= 0 && share.Index < share.Of {
+	me := slices.Index(share, self)
+	if len(share) > 1 && me >= 0 {
 		sort.Slice(order, func(a, b int) bool { return ids[order[a]].KeyString() < ids[order[b]].KeyString() })
-		start := share.Index * n / share.Of
+		owners = make([]peer.ID, n)
+		for pos, i := range order {
+			owners[i] = share[pos*len(share)/n]
+		}
+		start := me * n / len(share)
 		order = append(order[start:], order[:start]...)
 	} else {
 		rng.Shuffle(n, func(a, b int) { order[a], order[b] = order[b], order[a] })
 	}
-	rank := make([]int, n)
+	rank = make([]int, n)
 	for r, i := range order {
 		rank[i] = r
 	}
-	return rank
+	return rank, owners
+}
+
+// costlyMay reports whether a Costly peer may be asked for chunk i: no other
+// peer has it, and it is this host's part of a share, or its owner is gone,
+// or the sharing peers have been silent too long.
+func (f *fetch) costlyMay(i int) bool {
+	if f.cheapAvail[i] > 0 {
+		return false
+	}
+	if f.owner == nil || f.owner[i] == f.h.ID() {
+		return true
+	}
+	if o := f.peers[f.owner[i]]; o == nil || o.gone {
+		return true
+	}
+	return time.Since(f.cheapNews) > f.cfg.ShareWait
 }
 
 // addPeer adds p to the fetch and returns it, or returns nil if p is this
@@ -386,7 +411,8 @@ func (f *fetch) run(ctx context.Context) (*FetchResult, error) {
 		f.subscribe(ctx, p)
 	}
 	f.lastNews = time.Now()
-	idle := time.NewTicker(f.cfg.IdleTimeout / 4)
+	f.cheapNews = f.lastNews
+	idle := time.NewTicker(min(f.cfg.IdleTimeout/4, f.cfg.ShareWait))
 	defer idle.Stop()
 	for f.remaining > 0 {
 		select {
@@ -573,6 +599,9 @@ func (f *fetch) counted(p *fetchPeer, i, d int) {
 	f.avail[i] += d
 	if !p.costly {
 		f.cheapAvail[i] += d
+		if d > 0 {
+			f.cheapNews = time.Now()
+		}
 	}
 }
 
@@ -683,7 +712,7 @@ func (f *fetch) pickRarest(p *fetchPeer, n int) []int {
 	}
 	best := make([]int, 0, n)
 	for _, i := range f.pending {
-		if !p.have.Has(i) || (p.costly && f.cheapAvail[i] > 0) {
+		if !p.have.Has(i) || (p.costly && !f.costlyMay(i)) {
 			continue
 		}
 		if len(best) == n && !less(i, best[n-1]) {

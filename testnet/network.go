@@ -42,7 +42,7 @@ type Config struct {
 	// Dir holds every member's data dir.
 	Dir string
 	// NoSwarm makes the nodes fetch from the origin only, through their
-	// site's WAN: the baseline.
+	// site's WAN, and leaves the sites without proxies: the baseline.
 	NoSwarm bool
 	// SiblingProxies lets the proxies of all sites share chunks.
 	SiblingProxies bool
@@ -123,7 +123,9 @@ func New(ctx context.Context, cfg Config) (*Network, error) {
 			WANUp:   NewPipe(fmt.Sprintf("site%02d-wan-up", i+1), cfg.WAN, cfg.WANLatency),
 			WANDown: NewPipe(fmt.Sprintf("site%02d-wan-down", i+1), cfg.WAN, cfg.WANLatency),
 		}
-		s.Proxy = n.newMember(s.Name+"-proxy", agent.RoleProxy, s, cfg.NodeLink)
+		if !cfg.NoSwarm {
+			s.Proxy = n.newMember(s.Name+"-proxy", agent.RoleProxy, s, cfg.NodeLink)
+		}
 		for j := range cfg.NodesPerSite {
 			s.Nodes = append(s.Nodes, n.newMember(fmt.Sprintf("%s-node%02d", s.Name, j+1), agent.RoleNode, s, cfg.NodeLink))
 		}
@@ -161,7 +163,9 @@ func (n *Network) newMember(name string, role agent.Role, s *Site, link int64) *
 func (n *Network) all() []*Member {
 	out := []*Member{n.Origin}
 	for _, s := range n.Sites {
-		out = append(out, s.Proxy)
+		if s.Proxy != nil {
+			out = append(out, s.Proxy)
+		}
 		out = append(out, s.Nodes...)
 	}
 	return out

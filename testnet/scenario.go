@@ -141,7 +141,7 @@ func (n *Network) WaitInstalled(ctx context.Context, name string, sites ...*Site
 			for _, m := range s.Nodes {
 				if !Installed(m, name) {
 					missing++
-					if st := stateOf(m, name); st.State == "failed" {
+					if st := stateOf(m, name); st.State == agent.StateFailed {
 						failed = append(failed, fmt.Sprintf("%s: %s", m.Name, st.Error))
 					}
 				}
@@ -172,6 +172,9 @@ func stateOf(m *Member, name string) agent.ReleaseState {
 
 // Replicated reports whether s's proxy holds the release called name whole.
 func Replicated(s *Site, name string) bool {
+	if s.Proxy == nil {
+		return false
+	}
 	st := stateOf(s.Proxy, name)
 	return st.State == p2p.StateHave
 }
