@@ -1,11 +1,11 @@
-# patchctl. `make example` shows the publish side end to end; `make test` is
-# what CI runs.
+# patchctl. `make demo` runs sites of nodes over shaped links and reports;
+# `make test` is what CI runs.
 GO      ?= go
 BIN     := bin/patchctl
 PKGS    := ./...
 EXAMPLE := example
 
-.PHONY: all build test vet fmt-check fuzz bench example clean
+.PHONY: all build test vet fmt-check fuzz bench example demo clean
 
 all: build
 
@@ -34,11 +34,24 @@ fuzz:
 	  done; \
 	done
 
-# Benchmarks, three runs each, printed as a table of medians.
+# Benchmarks, three runs each, then the 500-node scale run once (build tag
+# scale; about ten minutes, most of it the no-swarm baseline), printed as a
+# table of medians. SCALE= skips the scale run.
 BENCH      ?= .
 BENCHCOUNT ?= 3
+SCALE      ?= DemoScale
 bench:
-	$(GO) test -run '^$$' -bench '$(BENCH)' -count $(BENCHCOUNT) -timeout 90m $(PKGS) | tee bench.out | $(GO) run ./cmd/benchtable
+	{ $(GO) test -run '^$$' -bench '$(BENCH)' -count $(BENCHCOUNT) -timeout 90m $(PKGS); \
+	  if [ -n "$(SCALE)" ]; then $(GO) test -tags scale -run '^$$' -bench '$(SCALE)' -count 1 -timeout 60m ./testnet; fi; } \
+	  | tee bench.out | $(GO) run ./cmd/benchtable
+
+# An origin, a proxy per site and the sites' nodes in one process over shaped
+# loopback links: a generated pack published, distributed and installed, the
+# same with the swarm off, and a second version with 2% changed; then the
+# report. DEMOFLAGS="--sites 5 --nodes 10 --json" to change it.
+DEMOFLAGS ?=
+demo: build
+	$(BIN) demo $(DEMOFLAGS)
 
 # Generate a signing key and trust root, publish a generated service pack,
 # verify and extract it, then serve it on loopback and fetch it into a second

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 
 	"github.com/patchctl/patchctl/manifest"
 	"github.com/patchctl/patchctl/p2p"
@@ -73,6 +75,10 @@ type AgentConfig struct {
 	// PollInterval is how often the node asks its upstreams for a newer
 	// index, and retries failed work (default 1 min).
 	PollInterval time.Duration
+	// MDNS finds peers of the same site on the LAN by multicast DNS, beside
+	// those the site's tracker names. It needs a multicast-capable
+	// interface.
+	MDNS bool
 	// NoSwarm makes a node fetch from its upstreams only, never from site
 	// peers: the baseline a swarm is measured against.
 	NoSwarm bool
@@ -100,6 +106,17 @@ func (c *AgentConfig) validate() error {
 		}
 	}
 	return nil
+}
+
+// IndexFile is where, under its data dir, an agent keeps the signed index it
+// follows. An origin that is running adopts a newer one written there (by
+// `patchctl index add`) at its next poll.
+const IndexFile = indexFile
+
+// SaveIndex writes a signed index envelope to dataDir's IndexFile,
+// atomically. It does not verify it; the agents that take it do.
+func SaveIndex(dataDir string, env []byte) error {
+	return writeFileAtomic(filepath.Join(dataDir, indexFile), env, 0o644)
 }
 
 // Files of an agent's state under its data dir.
@@ -135,6 +152,8 @@ type agentState struct {
 	working    map[string]bool         // release names being worked on
 	attempts   map[string]int          // failed attempts in a row, by release name
 	states     map[string]ReleaseState // by release name
+	lanPeers   map[peer.ID]bool        // site peers found by mDNS
+	mdns       io.Closer
 }
 
 // member is a site node as its tracker knows it.
@@ -195,6 +214,7 @@ func (n *Node) startAgent(ctx context.Context) error {
 		working:    map[string]bool{},
 		attempts:   map[string]int{},
 		states:     map[string]ReleaseState{},
+		lanPeers:   map[peer.ID]bool{},
 	}
 	ps := n.Host.Peerstore()
 	for _, info := range cfg.Upstreams {
@@ -245,12 +265,47 @@ func (n *Node) runAgent() {
 	if n.cfg.Role == RoleProxy {
 		a.tracker = p2p.NewTrackerService(n.Host, a, n.cfg.Logger)
 	}
+	if n.cfg.MDNS && n.cfg.Site != "" {
+		// The service name carries the site, so only peers of the
+		// same site answer.
+		svc := mdns.NewMdnsService(n.Host, "patchctl-"+n.cfg.Site, a)
+		if err := svc.Start(); err != nil {
+			a.log.Warn("agent: mDNS not started", "err", err)
+		} else {
+			a.mdns = svc
+		}
+	}
 	a.wg.Add(1)
 	go a.loop()
 }
 
+// HandlePeerFound takes a site peer found by mDNS.
+func (a *agentState) HandlePeerFound(info peer.AddrInfo) {
+	if info.ID == a.n.Host.ID() {
+		return
+	}
+	a.n.Host.Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.TempAddrTTL)
+	a.mu.Lock()
+	a.lanPeers[info.ID] = true
+	a.mu.Unlock()
+}
+
+// sitePeers returns the site peers found by mDNS.
+func (a *agentState) sitePeers() []peer.ID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ids := make([]peer.ID, 0, len(a.lanPeers))
+	for id := range a.lanPeers {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 func (a *agentState) stop() {
 	a.cancel()
+	if a.mdns != nil {
+		a.mdns.Close()
+	}
 	// Whoever adds to wg does so holding mu after checking ctx: past
 	// this, nobody adds, and Wait is safe.
 	a.mu.Lock()
@@ -336,6 +391,7 @@ func (a *agentState) Index(_ context.Context, from peer.ID) (uint64, []byte, err
 
 func (a *agentState) pollUpstreams() {
 	if a.n.cfg.Role == RoleOrigin {
+		a.reloadIndex()
 		return
 	}
 	for _, p := range a.upstreamIDs() {
@@ -422,6 +478,25 @@ func (a *agentState) adopt(env []byte) error {
 		}()
 	}
 	return nil
+}
+
+// reloadIndex adopts the index file of the data dir if `patchctl index`
+// wrote a newer one there: that is how an origin that is running learns of
+// new releases.
+func (a *agentState) reloadIndex() {
+	env, err := os.ReadFile(filepath.Join(a.n.cfg.DataDir, indexFile))
+	if err != nil {
+		return
+	}
+	a.mu.Lock()
+	same := a.heldEnv != nil && string(env) == string(a.heldEnv)
+	a.mu.Unlock()
+	if same {
+		return
+	}
+	if err := a.adopt(env); err != nil {
+		a.log.Warn("agent: index file refused", "err", err)
+	}
 }
 
 func (a *agentState) loadIndex() error {
@@ -592,6 +667,7 @@ func (a *agentState) deploy(e manifest.IndexEntry) error {
 		defer stop()
 		found := a.track(tctx, e, p2p.StateFetching, id)
 		peers = append(peers, found...)
+		peers = append(peers, a.sitePeers()...)
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
@@ -603,7 +679,8 @@ func (a *agentState) deploy(e manifest.IndexEntry) error {
 					return
 				case <-t.C:
 				}
-				if found := a.track(tctx, e, p2p.StateFetching, id); len(found) > 0 {
+				found := append(a.track(tctx, e, p2p.StateFetching, id), a.sitePeers()...)
+				if len(found) > 0 {
 					select {
 					case more <- found:
 					case <-tctx.Done():

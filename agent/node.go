@@ -34,6 +34,9 @@ type NodeConfig struct {
 	// and accept, beside Allow; the testnet uses it to make hosts dial one
 	// another only through shaped links.
 	Gater connmgr.ConnectionGater
+	// HostReady, if set, is called with the host before the node serves
+	// or its agent dials anyone: the testnet wires its links with it.
+	HostReady func(host.Host)
 
 	// The fields below make the node an agent of a site that learns of
 	// releases by itself. Without a Root the node only serves what it has
@@ -91,6 +94,9 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	h, err := p2p.NewHost(ctx, hc)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.HostReady != nil {
+		cfg.HostReady(h)
 	}
 	n := &Node{
 		Host: h, Store: s, Catalog: cat, cfg: cfg,

@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
@@ -197,6 +199,7 @@ func (n *Network) configure(m *Member) {
 		DataDir:     m.dir,
 		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
 		Gater:       m.gater,
+		HostReady:   m.gater.setHost,
 		AgentConfig: agent.AgentConfig{
 			Root:         n.Root,
 			Role:         m.Role,
@@ -363,22 +366,25 @@ func tcpAddr(addrs []ma.Multiaddr) (string, error) {
 type linkGater struct {
 	net  *Network
 	self *Member
+	host atomic.Pointer[host.Host] // the member's host of the moment
 }
+
+func (g *linkGater) setHost(h host.Host) { g.host.Store(&h) }
 
 func (g *linkGater) InterceptPeerDial(p peer.ID) bool {
 	f, ok := g.net.link(g.self, p)
 	if !ok {
 		return false
 	}
-	node := g.self.Node
-	if node == nil {
+	h := g.host.Load()
+	if h == nil {
 		return false
 	}
 	addr, err := manet.FromNetAddr(f.Addr())
 	if err != nil {
 		return false
 	}
-	ps := node.Host.Peerstore()
+	ps := (*h).Peerstore()
 	if !containsAddr(ps.Addrs(p), addr) {
 		ps.ClearAddrs(p)
 		ps.AddAddrs(p, []ma.Multiaddr{addr}, peerstore.PermanentAddrTTL)

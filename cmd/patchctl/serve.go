@@ -2,9 +2,12 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/urfave/cli/v2"
 
 	"github.com/patchctl/patchctl/agent"
@@ -49,6 +52,15 @@ func serveCommand() *cli.Command {
 		ArgsUsage: " ",
 		Flags: append(swarmFlags(),
 			&cli.IntFlag{Name: "max-upload-rate", Usage: "cap what this node serves, in `BYTES_PER_S` (0: unlimited)"},
+			&cli.StringFlag{Name: "trust", Usage: "trust root `FILE`: run as an agent that follows the signed index and fetches, replicates or installs on its own"},
+			&cli.StringFlag{Name: "role", Value: "node", Usage: "agent `ROLE`: origin, proxy or node"},
+			&cli.StringFlag{Name: "site", Usage: "the agent's `SITE` name"},
+			&cli.StringSliceFlag{Name: "upstream", Usage: "upstream `MULTIADDR` ending in /p2p/<peer-id> (repeatable): a node's site proxy, a proxy's origin or parent proxy"},
+			&cli.StringSliceFlag{Name: "sibling", Usage: "a proxy of another site to share chunks with, `MULTIADDR` (repeatable)"},
+			&cli.StringFlag{Name: "wan-rate", Usage: "cap a proxy's downloads over the WAN at `RATE` (e.g. 20Mbit)"},
+			&cli.StringFlag{Name: "cache-quota", Usage: "keep a proxy's chunks under `SIZE` (e.g. 50GiB); releases the site still needs are never evicted"},
+			&cli.DurationFlag{Name: "poll", Value: time.Minute, Usage: "how often an agent asks its upstream for a newer index"},
+			&cli.BoolFlag{Name: "mdns", Usage: "find peers of the same site on the LAN by multicast DNS"},
 		),
 		Action: func(c *cli.Context) error {
 			if err := exactArgs(c, 0, "no arguments"); err != nil {
@@ -61,6 +73,9 @@ func serveCommand() *cli.Command {
 			}
 			if cfg.MaxUploadRate = c.Int("max-upload-rate"); cfg.MaxUploadRate < 0 {
 				return usageError("--max-upload-rate must not be negative")
+			}
+			if err := agentFlags(c, &cfg); err != nil {
+				return err
 			}
 			n, err := agent.StartNode(c.Context, cfg)
 			if err != nil {
@@ -90,6 +105,60 @@ func serveCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// agentFlags reads the flags that make serve an agent.
+func agentFlags(c *cli.Context, cfg *agent.NodeConfig) error {
+	if c.String("trust") == "" {
+		for _, f := range []string{"role", "site", "upstream", "sibling", "wan-rate", "cache-quota", "mdns"} {
+			if c.IsSet(f) {
+				return usageError("--%s needs --trust: only an agent has a role", f)
+			}
+		}
+		return nil
+	}
+	root, err := loadTrust(c.String("trust"))
+	if err != nil {
+		return err
+	}
+	role, err := agent.ParseRole(c.String("role"))
+	if err != nil {
+		return usageError("--role: %v", err)
+	}
+	cfg.AgentConfig = agent.AgentConfig{Root: root, Role: role, Site: c.String("site"), PollInterval: c.Duration("poll"), MDNS: c.Bool("mdns")}
+	for _, list := range []struct {
+		flag string
+		dst  *[]peer.AddrInfo
+	}{{"upstream", &cfg.Upstreams}, {"sibling", &cfg.Siblings}} {
+		for _, s := range c.StringSlice(list.flag) {
+			a, err := ma.NewMultiaddr(s)
+			if err != nil {
+				return usageError("--%s %q: %v", list.flag, s, err)
+			}
+			info, err := peer.AddrInfoFromP2pAddr(a)
+			if err != nil {
+				return usageError("--%s %q must end in /p2p/<peer-id>: %v", list.flag, s, err)
+			}
+			*list.dst = append(*list.dst, *info)
+		}
+	}
+	if s := c.String("wan-rate"); s != "" {
+		rate, err := parseRate(s)
+		if err != nil {
+			return usageError("--wan-rate: %v", err)
+		}
+		cfg.WANRate = int(rate)
+	}
+	if s := c.String("cache-quota"); s != "" {
+		if cfg.CacheQuota, err = parseSize(s); err != nil {
+			return usageError("--cache-quota: %v", err)
+		}
+	}
+	if role != agent.RoleProxy && (cfg.WANRate > 0 || cfg.CacheQuota > 0 || len(cfg.Siblings) > 0) {
+		return usageError("--wan-rate, --cache-quota and --sibling are for proxies")
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
+	return nil
 }
 
 func idCommand() *cli.Command {

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/patchctl/patchctl/agent"
+	"github.com/patchctl/patchctl/manifest"
+)
+
+func indexCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "index",
+		Usage: "the signed index of releases an origin announces down the tree",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "add",
+				Usage:     "sign the next index version with releases held here added (or their sites changed)",
+				ArgsUsage: "NAME...",
+				Flags: []cli.Flag{
+					&cli.StringSliceFlag{Name: "key", Usage: "signing key `FILE` (repeatable, up to the trust root's threshold)", Required: true},
+					&cli.StringSliceFlag{Name: "site", Usage: "only this `SITE` fetches the releases (repeatable; default every site)"},
+					&cli.StringFlag{Name: "channel", Value: "stable", Usage: "the index's channel"},
+					&cli.DurationFlag{Name: "lifetime", Value: 30 * 24 * time.Hour, Usage: "how long the index stays valid"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.NArg() == 0 {
+						return usageError("index add: name at least one release")
+					}
+					return runIndexAdd(c, globalsOf(c))
+				},
+			},
+			{
+				Name:      "show",
+				Usage:     "print the index held here",
+				ArgsUsage: " ",
+				Action: func(c *cli.Context) error {
+					g := globalsOf(c)
+					ix, err := readIndex(g)
+					if err != nil {
+						return err
+					}
+					if ix == nil {
+						return fmt.Errorf("no index in %s: %w", g.dataDir, os.ErrNotExist)
+					}
+					if g.json {
+						return g.printJSON(ix)
+					}
+					fmt.Fprintf(g.stdout, "index version %d, channel %s, expires %s\n", ix.Version, ix.Channel, ix.Expires.Format(time.RFC3339))
+					for _, r := range ix.Releases {
+						fmt.Fprintf(g.stdout, "%s\t%s\tsequence %d\tsites %v\n", r.Name, r.CID, r.Sequence, r.Sites)
+					}
+					return nil
+				},
+			},
+		},
+	}
+}
+
+// readIndex returns the index held in the data dir, or nil if none. It does
+// not verify the signatures: the agents that take it do.
+func readIndex(g globals) (*manifest.Index, error) {
+	data, err := os.ReadFile(filepath.Join(g.dataDir, agent.IndexFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	e, err := manifest.ParseEnvelope(data)
+	if err != nil {
+		return nil, err
+	}
+	return manifest.ParseIndex(e.Payload)
+}
+
+func runIndexAdd(c *cli.Context, g globals) error {
+	signers, _, err := readKeys(c.StringSlice("key"), nil)
+	if err != nil {
+		return err
+	}
+	_, cat, err := g.openStore()
+	if err != nil {
+		return err
+	}
+	held, err := readIndex(g)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	ix := &manifest.Index{Version: 1, Channel: c.String("channel"), Created: now, Expires: now.Add(c.Duration("lifetime"))}
+	if held != nil {
+		ix.Version, ix.Releases = held.Version+1, held.Releases
+	}
+	for _, name := range c.Args().Slice() {
+		r, err := cat.Get(name)
+		if err != nil {
+			return err
+		}
+		entry := manifest.IndexEntry{Name: r.Name, CID: r.CID.String(), Sequence: r.Manifest.Sequence, Sites: c.StringSlice("site")}
+		replaced := false
+		for i := range ix.Releases {
+			if ix.Releases[i].Name == r.Name {
+				ix.Releases[i], replaced = entry, true
+			}
+		}
+		if !replaced {
+			ix.Releases = append(ix.Releases, entry)
+		}
+	}
+	env, err := manifest.SignIndex(ix, signers...)
+	if err != nil {
+		return err
+	}
+	if err := agent.SaveIndex(g.dataDir, env); err != nil {
+		return err
+	}
+	if g.json {
+		return g.printJSON(map[string]any{"version": ix.Version, "releases": len(ix.Releases)})
+	}
+	fmt.Fprintf(g.stdout, "index version %d with %d releases; a running origin announces it at its next poll\n", ix.Version, len(ix.Releases))
+	return nil
+}
