@@ -13,7 +13,6 @@ import (
 func benchDemo(b *testing.B, cfg DemoConfig) {
 	cfg.Baseline, cfg.Delta, cfg.DeltaFraction = true, true, 0.02
 	for b.Loop() {
-		cfg.Dir = b.TempDir()
 		rep, err := RunDemo(b.Context(), cfg)
 		if err != nil {
 			b.Fatal(err)
