@@ -98,13 +98,7 @@ func (is *IndexService) Close() error {
 
 // readVersion reads a request holding one version.
 func readVersion(s network.Stream, idle time.Duration) (*deadlineStream, uint64, error) {
-	ds := &deadlineStream{s: s, idle: idle, hard: time.Now().Add(idle)}
-	br := getReader(ds)
-	p, err := ReadFrame(br, maxVersionRequest)
-	if err == nil {
-		err = expectEOF(br)
-	}
-	putReader(br)
+	ds, p, err := readRequest(s, idle, maxVersionRequest)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -152,31 +146,16 @@ func (is *IndexService) handleAnnounce(ctx context.Context, s network.Stream) er
 // GetIndex asks p for its signed index if it is newer than version held. It
 // returns an error wrapping ErrNotFound if p holds no newer one.
 func (c *Client) GetIndex(ctx context.Context, p peer.ID, held uint64) ([]byte, error) {
-	s, stop, err := c.open(ctx, p, IndexProtocol)
+	// Not bounded: an index may be tens of MiB on a thin link.
+	st, env, err := c.call(ctx, p, IndexProtocol, EncodeVersion(held), MaxIndexEnvelopeSize, false)
 	if err != nil {
 		return nil, err
 	}
-	defer stop()
-	ds := &deadlineStream{s: s, idle: c.idle()}
-	if err := WriteFrame(ds, EncodeVersion(held)); err != nil {
-		return nil, fail(ctx, s, fmt.Errorf("send index request to %s: %w", p, err))
-	}
-	_ = s.CloseWrite()
-	resp, err := ReadFrame(bufio.NewReader(ds), 1+MaxIndexEnvelopeSize)
-	if err != nil {
-		return nil, fail(ctx, s, fmt.Errorf("read index from %s: %w", p, err))
-	}
-	st, err := decodeStatus(resp)
-	if err != nil {
-		return nil, fail(ctx, s, fmt.Errorf("index from %s: %w", p, err))
-	}
-	env := resp[1:]
-	if (st == StatusOK) != (len(env) > 0) {
-		return nil, fail(ctx, s, fmt.Errorf("index from %s: %d bytes after status %v: %w", p, len(env), st, ErrMalformed))
-	}
-	_ = s.Close()
 	if err := st.err(); err != nil {
 		return nil, fmt.Errorf("index from %s: %w", p, err)
+	}
+	if len(env) == 0 {
+		return nil, fmt.Errorf("index from %s: empty envelope: %w", p, ErrMalformed)
 	}
 	return env, nil
 }
@@ -186,28 +165,13 @@ func (c *Client) Announce(ctx context.Context, p peer.ID, version uint64) error 
 	if version == 0 {
 		return fmt.Errorf("announce version 0: %w", ErrMalformed)
 	}
-	s, stop, err := c.open(ctx, p, AnnounceProtocol)
+	st, body, err := c.call(ctx, p, AnnounceProtocol, EncodeVersion(version), 0, true)
 	if err != nil {
 		return err
 	}
-	defer stop()
-	ds := &deadlineStream{s: s, idle: c.idle(), hard: time.Now().Add(c.idle())}
-	if err := WriteFrame(ds, EncodeVersion(version)); err != nil {
-		return fail(ctx, s, fmt.Errorf("announce to %s: %w", p, err))
+	if len(body) != 0 {
+		return fmt.Errorf("announce to %s: %d bytes after status: %w", p, len(body), ErrMalformed)
 	}
-	_ = s.CloseWrite()
-	resp, err := ReadFrame(bufio.NewReader(ds), 1)
-	if err != nil {
-		return fail(ctx, s, fmt.Errorf("announce to %s: %w", p, err))
-	}
-	st, err := decodeStatus(resp)
-	if err == nil && len(resp) != 1 {
-		err = fmt.Errorf("%d bytes after status: %w", len(resp)-1, ErrMalformed)
-	}
-	if err != nil {
-		return fail(ctx, s, fmt.Errorf("announce to %s: %w", p, err))
-	}
-	_ = s.Close()
 	return st.err()
 }
 

@@ -89,13 +89,7 @@ func (cs *ChunkService) Close() error {
 }
 
 func (cs *ChunkService) handle(ctx context.Context, s network.Stream) error {
-	ds := &deadlineStream{s: s, idle: cs.cfg.IdleTimeout, hard: time.Now().Add(cs.cfg.IdleTimeout)}
-	br := getReader(ds)
-	p, err := ReadFrame(br, maxChunkRequest)
-	if err == nil {
-		err = expectEOF(br)
-	}
-	putReader(br)
+	ds, p, err := readRequest(s, cs.cfg.IdleTimeout, maxChunkRequest)
 	if err != nil {
 		return fmt.Errorf("read chunk request: %w", err)
 	}

@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"time"
@@ -50,6 +51,41 @@ func (c *Client) open(ctx context.Context, p peer.ID, pid protocol.ID) (network.
 	}
 	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
 	return s, stop, nil
+}
+
+// call sends req to p on pid as one frame, closes its write side and reads
+// the one response frame: a status byte and at most limit bytes after it,
+// which it returns. Bytes after a status other than StatusOK are malformed;
+// what a StatusOK body must hold is the caller's to check. With bounded, the
+// whole exchange may take the idle timeout at most, as suits a small answer;
+// otherwise only a peer that makes no progress for that long is cut off.
+func (c *Client) call(ctx context.Context, p peer.ID, pid protocol.ID, req []byte, limit int, bounded bool) (Status, []byte, error) {
+	s, stop, err := c.open(ctx, p, pid)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer stop()
+	ds := &deadlineStream{s: s, idle: c.idle()}
+	if bounded {
+		ds.hard = time.Now().Add(c.idle())
+	}
+	if err := WriteFrame(ds, req); err != nil {
+		return 0, nil, fail(ctx, s, fmt.Errorf("send %s request to %s: %w", pid, p, err))
+	}
+	_ = s.CloseWrite()
+	resp, err := ReadFrame(bufio.NewReader(ds), 1+limit)
+	if err != nil {
+		return 0, nil, fail(ctx, s, fmt.Errorf("read %s response from %s: %w", pid, p, err))
+	}
+	st, err := decodeStatus(resp)
+	if err == nil && st != StatusOK && len(resp) > 1 {
+		err = fmt.Errorf("%d bytes after status %v: %w", len(resp)-1, st, ErrMalformed)
+	}
+	if err != nil {
+		return 0, nil, fail(ctx, s, fmt.Errorf("%s response from %s: %w", pid, p, err))
+	}
+	_ = s.Close()
+	return st, resp[1:], nil
 }
 
 // fail resets s and returns err, or ctx's error if ctx ended: a stream reset

@@ -78,13 +78,7 @@ func (m *ManifestService) Close() error {
 }
 
 func (m *ManifestService) handle(ctx context.Context, s network.Stream) error {
-	ds := &deadlineStream{s: s, idle: m.cfg.IdleTimeout, hard: time.Now().Add(m.cfg.IdleTimeout)}
-	br := getReader(ds)
-	p, err := ReadFrame(br, MaxRefLen)
-	if err == nil {
-		err = expectEOF(br)
-	}
-	putReader(br)
+	ds, p, err := readRequest(s, m.cfg.IdleTimeout, MaxRefLen)
 	if err != nil {
 		return fmt.Errorf("read manifest request: %w", err)
 	}
@@ -125,29 +119,17 @@ func (c *Client) GetEnvelope(ctx context.Context, p peer.ID, ref string) ([]byte
 	if err != nil {
 		return nil, err
 	}
-	s, stop, err := c.open(ctx, p, ManifestProtocol)
+	// Not bounded: an envelope may be tens of MiB on a thin link; a
+	// stalled peer is caught by the idle timeout, a slow one by ctx.
+	st, env, err := c.call(ctx, p, ManifestProtocol, req, MaxEnvelopeSize, false)
 	if err != nil {
 		return nil, err
 	}
-	defer stop()
-	// No overall deadline: an envelope may be tens of MiB on a thin link;
-	// a stalled peer is caught by the idle timeout, a slow one by ctx.
-	ds := &deadlineStream{s: s, idle: c.idle()}
-	if err := WriteFrame(ds, req); err != nil {
-		return nil, fail(ctx, s, fmt.Errorf("send manifest request to %s: %w", p, err))
-	}
-	_ = s.CloseWrite()
-	resp, err := ReadFrame(bufio.NewReader(ds), 1+MaxEnvelopeSize)
-	if err != nil {
-		return nil, fail(ctx, s, fmt.Errorf("read envelope %q from %s: %w", ref, p, err))
-	}
-	st, env, err := DecodeManifestResponse(resp)
-	if err != nil {
-		return nil, fail(ctx, s, fmt.Errorf("envelope %q from %s: %w", ref, p, err))
-	}
-	_ = s.Close()
 	if err := st.err(); err != nil {
 		return nil, fmt.Errorf("envelope %q from %s: %w", ref, p, err)
+	}
+	if len(env) == 0 {
+		return nil, fmt.Errorf("envelope %q from %s: empty envelope: %w", ref, p, ErrMalformed)
 	}
 	return env, nil
 }

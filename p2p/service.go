@@ -15,6 +15,22 @@ import (
 // any progress, reading or writing, before it resets the stream.
 const defaultIdleTimeout = 30 * time.Second
 
+// readRequest reads the one request frame of a stream (at most limit bytes),
+// after which the client has closed its write side. Reading it may take idle
+// at most, however steadily it trickles; the returned stream keeps the idle
+// timeout for the response, and the caller clears hard once the response may
+// take longer.
+func readRequest(s network.Stream, idle time.Duration, limit int) (*deadlineStream, []byte, error) {
+	ds := &deadlineStream{s: s, idle: idle, hard: time.Now().Add(idle)}
+	br := getReader(ds)
+	p, err := ReadFrame(br, limit)
+	if err == nil {
+		err = expectEOF(br)
+	}
+	putReader(br)
+	return ds, p, err
+}
+
 // handlers runs the stream handlers of one service, so that Close can end
 // every handler the service is running and wait for it: libp2p starts the
 // handler goroutines, but the service owns them.

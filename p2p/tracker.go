@@ -206,13 +206,7 @@ func (ts *TrackerService) Close() error {
 }
 
 func (ts *TrackerService) handle(ctx context.Context, s network.Stream) error {
-	ds := &deadlineStream{s: s, idle: ts.idle, hard: time.Now().Add(ts.idle)}
-	br := getReader(ds)
-	p, err := ReadFrame(br, MaxTrackerMessage)
-	if err == nil {
-		err = expectEOF(br)
-	}
-	putReader(br)
+	ds, p, err := readRequest(s, ts.idle, MaxTrackerMessage)
 	if err != nil {
 		return fmt.Errorf("read tracker report: %w", err)
 	}
@@ -251,32 +245,14 @@ func (c *Client) Track(ctx context.Context, p peer.ID, report *TrackerReport) ([
 	if len(req) > MaxTrackerMessage {
 		return nil, fmt.Errorf("tracker report of %d bytes: %w", len(req), ErrFrameTooLarge)
 	}
-	s, stop, err := c.open(ctx, p, TrackerProtocol)
+	st, body, err := c.call(ctx, p, TrackerProtocol, req, MaxTrackerMessage, true)
 	if err != nil {
 		return nil, err
 	}
-	defer stop()
-	ds := &deadlineStream{s: s, idle: c.idle(), hard: time.Now().Add(c.idle())}
-	if err := WriteFrame(ds, req); err != nil {
-		return nil, fail(ctx, s, fmt.Errorf("send tracker report to %s: %w", p, err))
+	if err := st.err(); err != nil {
+		return nil, fmt.Errorf("tracker %s: %w", p, err)
 	}
-	_ = s.CloseWrite()
-	resp, err := ReadFrame(bufio.NewReader(ds), 1+MaxTrackerMessage)
-	if err != nil {
-		return nil, fail(ctx, s, fmt.Errorf("read tracker answer from %s: %w", p, err))
-	}
-	st, err := decodeStatus(resp)
-	if err != nil {
-		return nil, fail(ctx, s, fmt.Errorf("tracker answer from %s: %w", p, err))
-	}
-	_ = s.Close()
-	if st != StatusOK {
-		if len(resp) != 1 {
-			return nil, fmt.Errorf("tracker answer from %s: bytes after status %v: %w", p, st, ErrMalformed)
-		}
-		return nil, fmt.Errorf("tracker %s: %w", p, st.err())
-	}
-	peers, err := DecodeTrackerAnswer(resp[1:])
+	peers, err := DecodeTrackerAnswer(body)
 	if err != nil {
 		return nil, fmt.Errorf("tracker %s: %w", p, err)
 	}
