@@ -3,6 +3,7 @@ package p2p
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"slices"
 	"testing"
@@ -148,4 +149,57 @@ func FuzzDecodeChunkResponse(f *testing.F) {
 			t.Fatalf("response re-encodes to %x", q)
 		}
 	})
+}
+
+func FuzzDecodeVersion(f *testing.F) {
+	f.Fuzz(func(t *testing.T, p []byte) {
+		v, err := DecodeVersion(p)
+		if err != nil {
+			return
+		}
+		if q := EncodeVersion(v); !bytes.Equal(p, q) {
+			t.Fatalf("version %d re-encodes to %x, read from %x", v, q, p)
+		}
+	})
+}
+
+func FuzzDecodeTrackerReport(f *testing.F) {
+	f.Fuzz(func(t *testing.T, p []byte) {
+		r, err := DecodeTrackerReport(p)
+		if err != nil {
+			return
+		}
+		if len(r.Releases) > MaxTrackedReleases {
+			t.Fatalf("report of %d releases accepted", len(r.Releases))
+		}
+		// What was accepted is what a client would send: it validates.
+		if err := r.Validate(); err != nil {
+			t.Fatalf("accepted report does not validate: %v", err)
+		}
+	})
+}
+
+func FuzzDecodeTrackerAnswer(f *testing.F) {
+	f.Fuzz(func(t *testing.T, p []byte) {
+		peers, err := DecodeTrackerAnswer(p)
+		if err != nil {
+			return
+		}
+		if len(peers) > MaxTrackerPeers {
+			t.Fatalf("answer of %d peers accepted", len(peers))
+		}
+		again, err := DecodeTrackerAnswer(mustJSON(t, NewTrackerAnswer(peers)))
+		if err != nil || len(again) != len(peers) {
+			t.Fatalf("accepted answer does not survive re-encoding: %v", err)
+		}
+	})
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
