@@ -340,18 +340,16 @@ func chunkRanks(ids []cid.Cid, self peer.ID, share []peer.ID, rng *rand.Rand) (r
 
 // costlyMay reports whether a Costly peer may be asked for chunk i: no other
 // peer has it, and it is this host's part of a share, or its owner is gone,
-// or the sharing peers have been silent too long.
-func (f *fetch) costlyMay(i int) bool {
+// or shareOpen (the sharing peers have been silent too long).
+func (f *fetch) costlyMay(i int, shareOpen bool) bool {
 	if f.cheapAvail[i] > 0 {
 		return false
 	}
-	if f.owner == nil || f.owner[i] == f.h.ID() {
+	if shareOpen || f.owner == nil || f.owner[i] == f.h.ID() {
 		return true
 	}
-	if o := f.peers[f.owner[i]]; o == nil || o.gone {
-		return true
-	}
-	return time.Since(f.cheapNews) > f.cfg.ShareWait
+	o := f.peers[f.owner[i]]
+	return o == nil || o.gone
 }
 
 // addPeer adds p to the fetch and returns it, or returns nil if p is this
@@ -710,9 +708,10 @@ func (f *fetch) pickRarest(p *fetchPeer, n int) []int {
 		}
 		return f.rank[a] < f.rank[b]
 	}
+	shareOpen := p.costly && time.Since(f.cheapNews) > f.cfg.ShareWait
 	best := make([]int, 0, n)
 	for _, i := range f.pending {
-		if !p.have.Has(i) || (p.costly && !f.costlyMay(i)) {
+		if !p.have.Has(i) || (p.costly && !f.costlyMay(i, shareOpen)) {
 			continue
 		}
 		if len(best) == n && !less(i, best[n-1]) {

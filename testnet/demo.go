@@ -238,7 +238,7 @@ func distribute(ctx context.Context, n *Network, version uint64, rel *Release) (
 	if err := n.Announce(version, rel); err != nil {
 		return 0, err
 	}
-	if err := n.WaitInstalled(ctx, rel.Name, n.Sites...); err != nil {
+	if err := n.WaitInstalled(ctx, rel, n.Sites...); err != nil {
 		return 0, err
 	}
 	return time.Since(start).Seconds(), nil
@@ -283,15 +283,9 @@ func runDelta(ctx context.Context, n *Network, rel *Release, sources []agent.Sou
 			d.NewChunkBytes += info.StoredSize
 		}
 	}
-	// The installed check is by name: wait for the new CID.
-	start := time.Now()
-	if err := n.Announce(2, rel2); err != nil {
+	if d.Seconds, err = distribute(ctx, n, 2, rel2); err != nil {
 		return nil, err
 	}
-	if err := n.waitVersion(ctx, rel2); err != nil {
-		return nil, err
-	}
-	d.Seconds = time.Since(start).Seconds()
 	var sum float64
 	for i, s := range n.Sites {
 		in := s.WANDown.Bytes() - before[i]
@@ -300,31 +294,6 @@ func runDelta(ctx context.Context, n *Network, rel *Release, sources []agent.Sou
 	}
 	d.WANOverChanged = sum / float64(len(n.Sites))
 	return d, nil
-}
-
-// waitVersion waits until every node has installed rel's exact manifest.
-func (n *Network) waitVersion(ctx context.Context, rel *Release) error {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
-		missing := 0
-		for _, s := range n.Sites {
-			for _, m := range s.Nodes {
-				st := stateOf(m, rel.Name)
-				if st.CID != rel.Entry.CID || st.State != "installed" {
-					missing++
-				}
-			}
-		}
-		if missing == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d nodes have not installed %s %s: %w", missing, rel.Name, rel.Entry.CID, ctx.Err())
-		case <-t.C:
-		}
-	}
 }
 
 // copyChanged copies src to dst, overwriting about fraction of its bytes

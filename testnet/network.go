@@ -173,10 +173,6 @@ func (n *Network) all() []*Member {
 	return out
 }
 
-// Members lists every member, origin first, then each site's proxy and
-// nodes.
-func (n *Network) Members() []*Member { return n.all() }
-
 func (n *Network) identify(m *Member) error {
 	if err := os.MkdirAll(m.dir, 0o755); err != nil {
 		return err

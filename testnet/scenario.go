@@ -87,16 +87,8 @@ func (n *Network) Publish(ctx context.Context, name string, sources []agent.Sour
 	if err != nil {
 		return nil, err
 	}
-	var stored int64
-	for _, id := range r.Manifest.ChunkIDs() {
-		info, err := origin.Store.Stat(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		stored += info.StoredSize
-	}
 	return &Release{
-		Name: name, Manifest: r.Manifest, StoredSize: stored,
+		Name: name, Manifest: r.Manifest, StoredSize: StoredBytes(ctx, origin.Store, r.Manifest),
 		Entry: manifest.IndexEntry{Name: name, CID: res.CID.String(), Sequence: res.Sequence},
 	}, nil
 }
@@ -117,21 +109,12 @@ func (n *Network) Announce(version uint64, releases ...*Release) error {
 
 // Installed reports whether m has installed the release called name.
 func Installed(m *Member, name string) bool {
-	node := m.Node
-	if node == nil {
-		return false
-	}
-	for _, s := range node.States() {
-		if s.Name == name && s.State == p2p.StateInstalled {
-			return true
-		}
-	}
-	return false
+	return stateOf(m, name).State == p2p.StateInstalled
 }
 
-// WaitInstalled waits until every node of sites has installed the release
-// called name, or ctx ends.
-func (n *Network) WaitInstalled(ctx context.Context, name string, sites ...*Site) error {
+// WaitInstalled waits until every node of sites has installed rel, that very
+// manifest and not another version of the name, or ctx ends.
+func (n *Network) WaitInstalled(ctx context.Context, rel *Release, sites ...*Site) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -139,11 +122,13 @@ func (n *Network) WaitInstalled(ctx context.Context, name string, sites ...*Site
 		var failed []string
 		for _, s := range sites {
 			for _, m := range s.Nodes {
-				if !Installed(m, name) {
-					missing++
-					if st := stateOf(m, name); st.State == agent.StateFailed {
-						failed = append(failed, fmt.Sprintf("%s: %s", m.Name, st.Error))
-					}
+				st := stateOf(m, rel.Name)
+				if st.CID == rel.Entry.CID && st.State == p2p.StateInstalled {
+					continue
+				}
+				missing++
+				if st.State == agent.StateFailed {
+					failed = append(failed, fmt.Sprintf("%s: %s", m.Name, st.Error))
 				}
 			}
 		}
@@ -152,7 +137,7 @@ func (n *Network) WaitInstalled(ctx context.Context, name string, sites ...*Site
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d nodes have not installed %s (failures seen: %v): %w", missing, name, failed, ctx.Err())
+			return fmt.Errorf("%d nodes have not installed %s %s (failures seen: %v): %w", missing, rel.Name, rel.Entry.CID, failed, ctx.Err())
 		case <-t.C:
 		}
 	}
@@ -179,7 +164,7 @@ func Replicated(s *Site, name string) bool {
 	return st.State == p2p.StateHave
 }
 
-// StoredBytes sums the stored size of ids in st, skipping absent ones.
+// StoredBytes sums the stored size of m's distinct chunks held in st.
 func StoredBytes(ctx context.Context, st store.Lister, m *manifest.Manifest) int64 {
 	var total int64
 	for _, id := range m.ChunkIDs() {

@@ -41,16 +41,16 @@ func publish(t *testing.T, n *Network, name string, seed uint64, size int64) *Re
 	return r
 }
 
-func waitInstalled(t *testing.T, n *Network, name string, timeout time.Duration, sites ...*Site) {
+func waitInstalled(t *testing.T, n *Network, r *Release, timeout time.Duration, sites ...*Site) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
-	if err := n.WaitInstalled(ctx, name, sites...); err != nil {
+	if err := n.WaitInstalled(ctx, r, sites...); err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range sites {
 		for _, m := range s.Nodes {
-			marker := filepath.Join(m.dir, "installed", name, "installed.marker")
+			marker := filepath.Join(m.dir, "installed", r.Name, "installed.marker")
 			if _, err := os.Stat(marker); err != nil {
 				t.Errorf("%s: hook left no marker: %v", m.Name, err)
 			}
@@ -69,7 +69,7 @@ func TestASiteWithTenNodesFetchesOverItsWANOnceWhileAllTenWantTheRelease(t *test
 	if err := n.Announce(1, r); err != nil {
 		t.Fatal(err)
 	}
-	waitInstalled(t, n, r.Name, time.Minute, n.Sites...)
+	waitInstalled(t, n, r, time.Minute, n.Sites...)
 	ratio := wanRatio(n.Sites[0], r)
 	t.Logf("pack %d bytes stored; WAN in %d bytes (%.3f copies)", r.StoredSize, n.Sites[0].WANDown.Bytes(), ratio)
 	if ratio > 1.05 {
@@ -108,7 +108,7 @@ func TestTheProxyRestartsMidDistributionAndTheSiteStillCompletesResuming(t *test
 	if err := n.Start(t.Context(), s.Proxy); err != nil {
 		t.Fatal(err)
 	}
-	waitInstalled(t, n, r.Name, 2*time.Minute, s)
+	waitInstalled(t, n, r, 2*time.Minute, s)
 	ratio := wanRatio(s, r)
 	t.Logf("proxy held %d of %d bytes when stopped; the site's WAN carried %.3f copies in all", held, r.StoredSize, ratio)
 	// Starting over would cost at least 1.5 copies: the proxy had half.
@@ -126,7 +126,7 @@ func TestOneSiteIsPartitionedTheOthersCompleteThePartitionHealsAndItCatchesUp(t 
 	if err := n.Announce(1, r); err != nil {
 		t.Fatal(err)
 	}
-	waitInstalled(t, n, r.Name, time.Minute, n.Sites[:2]...)
+	waitInstalled(t, n, r, time.Minute, n.Sites[:2]...)
 	for _, m := range cut.Nodes {
 		if Installed(m, r.Name) {
 			t.Fatalf("%s installed the release through a partition", m.Name)
@@ -136,7 +136,7 @@ func TestOneSiteIsPartitionedTheOthersCompleteThePartitionHealsAndItCatchesUp(t 
 		t.Fatalf("%d bytes crossed the partitioned WAN", in)
 	}
 	n.Partition(cut, false)
-	waitInstalled(t, n, r.Name, time.Minute, cut)
+	waitInstalled(t, n, r, time.Minute, cut)
 	for _, s := range n.Sites {
 		t.Logf("%s: WAN in %.3f copies", s.Name, wanRatio(s, r))
 	}
@@ -156,13 +156,13 @@ func TestANodeThatWasOfflineDuringTheAnnouncementCatchesUpByPolling(t *testing.T
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	on := &Site{Name: s.Name, Nodes: s.Nodes[:2]}
-	if err := n.WaitInstalled(ctx, r.Name, on); err != nil {
+	if err := n.WaitInstalled(ctx, r, on); err != nil {
 		t.Fatal(err)
 	}
 	if err := n.Start(t.Context(), late); err != nil {
 		t.Fatal(err)
 	}
-	waitInstalled(t, n, r.Name, time.Minute, s)
+	waitInstalled(t, n, r, time.Minute, s)
 	if ratio := wanRatio(s, r); ratio > 1.05 {
 		t.Errorf("the site's WAN carried %.3f copies; the late node should have fetched inside the site", ratio)
 	}
@@ -174,7 +174,7 @@ func TestProxiesOfTwoSitesShareChunksSoTheOriginSendsAboutOneCopyInAll(t *testin
 	if err := n.Announce(1, r); err != nil {
 		t.Fatal(err)
 	}
-	waitInstalled(t, n, r.Name, time.Minute, n.Sites...)
+	waitInstalled(t, n, r, time.Minute, n.Sites...)
 	origin := float64(n.Origin.Up.Bytes()) / float64(r.StoredSize)
 	t.Logf("origin sent %.3f copies; sites received %.3f and %.3f", origin, wanRatio(n.Sites[0], r), wanRatio(n.Sites[1], r))
 	if origin > 1.15 {
@@ -195,7 +195,7 @@ func TestEvictionNeverDropsAChunkATargetedNotYetInstalledReleaseNeeds(t *testing
 	if err := n.Announce(1, old); err != nil {
 		t.Fatal(err)
 	}
-	waitInstalled(t, n, old.Name, time.Minute, s)
+	waitInstalled(t, n, old, time.Minute, s)
 	// Once every node reported the first release installed, the proxy
 	// unpins it, and the quota evicts it.
 	waitFor(t, 30*time.Second, "the installed release to be evicted down to the quota", func() bool {
@@ -212,7 +212,7 @@ func TestEvictionNeverDropsAChunkATargetedNotYetInstalledReleaseNeeds(t *testing
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	if err := n.WaitInstalled(ctx, next.Name, &Site{Nodes: s.Nodes[:1]}); err != nil {
+	if err := n.WaitInstalled(ctx, next, &Site{Nodes: s.Nodes[:1]}); err != nil {
 		t.Fatal(err)
 	}
 	// Over its quota, the proxy still holds every chunk of the release
@@ -224,7 +224,7 @@ func TestEvictionNeverDropsAChunkATargetedNotYetInstalledReleaseNeeds(t *testing
 	if err := n.Start(t.Context(), offline); err != nil {
 		t.Fatal(err)
 	}
-	waitInstalled(t, n, next.Name, time.Minute, s)
+	waitInstalled(t, n, next, time.Minute, s)
 	if again := s.WANDown.Bytes() - before; again > next.StoredSize/20 {
 		t.Errorf("the returning node's install pulled %d bytes over the WAN; the proxy should have served it", again)
 	}

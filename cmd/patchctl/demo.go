@@ -146,10 +146,7 @@ func humanRate(bytesPerSecond int64) string {
 
 // parseSize parses a byte count such as 64MiB, 500KB or 1048576.
 func parseSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   float64
-	}{
+	units := []unit{
 		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
 		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1},
 	}
@@ -159,10 +156,7 @@ func parseSize(s string) (int64, error) {
 // parseRate parses a link rate in bits per second, such as 20Mbit or
 // 1Gbit, and returns bytes per second.
 func parseRate(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   float64
-	}{
+	units := []unit{
 		{"Kbit", 1e3 / 8}, {"Mbit", 1e6 / 8}, {"Gbit", 1e9 / 8}, {"bit", 1.0 / 8},
 	}
 	n, err := parseUnits(s, units)
@@ -172,10 +166,15 @@ func parseRate(s string) (int64, error) {
 	return n, err
 }
 
-func parseUnits(s string, units []struct {
+// unit is a suffix of a quantity and what it multiplies the number by.
+type unit struct {
 	suffix string
 	mult   float64
-}) (int64, error) {
+}
+
+// parseUnits parses a number followed by one of units' suffixes (matched
+// without regard to case, in order) or by none.
+func parseUnits(s string, units []unit) (int64, error) {
 	t := strings.TrimSpace(s)
 	mult := 1.0
 	for _, u := range units {
