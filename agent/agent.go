@@ -232,8 +232,10 @@ func (n *Node) startAgent(ctx context.Context) error {
 			return err
 		}
 		a.cache = c
-		// Releases replicated whole before a restart are claimed again:
-		// what was evicted since comes back through the cache.
+		// Releases replicated whole before a restart are claimed again
+		// (what was evicted since comes back through the cache) and not
+		// replicated again, which would pin them anew although the site
+		// may have installed them.
 		rels, err := n.Catalog.List()
 		if err != nil {
 			cancel()
@@ -241,6 +243,7 @@ func (n *Node) startAgent(ctx context.Context) error {
 		}
 		for _, r := range rels {
 			a.claim(r.Manifest.ChunkIDs())
+			a.states[r.Name] = ReleaseState{Name: r.Name, CID: r.CID.String(), State: p2p.StateHave}
 		}
 	}
 	if err := a.loadIndex(); err != nil {
