@@ -36,9 +36,7 @@ fuzz:
 
 # Benchmarks, three runs each, printed as a table of medians.
 # SCALE=DemoScale adds the 500-node run once (build tag scale; about ten
-# minutes, most of it the no-swarm baseline). It needs a hard limit of open
-# files well above 20,000: the testnet relays each pair of members that talk
-# through a forwarder of its own, four descriptors a connection.
+# minutes, most of it the no-swarm baseline).
 BENCH      ?= .
 BENCHCOUNT ?= 3
 SCALE      ?=

@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/patchctl/patchctl/manifest"
@@ -37,6 +38,9 @@ type NodeConfig struct {
 	// HostReady, if set, is called with the host before the node serves
 	// or its agent dials anyone: the testnet wires its links with it.
 	HostReady func(host.Host)
+	// DialTCP, if set, opens the host's outgoing TCP connections (see
+	// p2p.HostConfig).
+	DialTCP tcp.DialerForAddr
 
 	// The fields below make the node an agent of a site that learns of
 	// releases by itself. Without a Root the node only serves what it has
@@ -87,7 +91,7 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	if err := cfg.AgentConfig.validate(); err != nil {
 		return nil, err
 	}
-	hc := p2p.HostConfig{DataDir: cfg.DataDir, ListenAddrs: cfg.ListenAddrs, NetworkKey: cfg.NetworkKey, Gater: cfg.Gater}
+	hc := p2p.HostConfig{DataDir: cfg.DataDir, ListenAddrs: cfg.ListenAddrs, NetworkKey: cfg.NetworkKey, Gater: cfg.Gater, DialTCP: cfg.DialTCP}
 	if len(cfg.Allow) > 0 {
 		hc.Allow = p2p.NewAllowlist(cfg.Allow...)
 	}

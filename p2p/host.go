@@ -65,6 +65,10 @@ type HostConfig struct {
 	// listen ports. Off by default: nodes reach the WAN through their
 	// site's proxy, which an operator configures.
 	NATPortMap bool
+	// DialTCP, if set, opens every outgoing TCP connection in place of the
+	// operating system's dialer; test networks use it to run connections
+	// through links shaped like a site's WAN.
+	DialTCP tcp.DialerForAddr
 }
 
 // NewHost starts a libp2p host with TCP and QUIC (TCP only with a network
@@ -97,10 +101,14 @@ func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 			return nil, fmt.Errorf("listen address %s: a private network (network key) works over TCP only, QUIC cannot carry its pre-shared key: %w", s, ErrConfig)
 		}
 	}
+	var tcpOptions []any // tcp.Option values; libp2p.Transport takes them untyped
+	if cfg.DialTCP != nil {
+		tcpOptions = append(tcpOptions, tcp.WithDialerForAddr(cfg.DialTCP))
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
 		libp2p.ListenAddrStrings(listen...),
-		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(tcp.NewTCPTransport, tcpOptions...),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
 		libp2p.DisableRelay(),

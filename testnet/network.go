@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 
@@ -65,6 +66,7 @@ type Member struct {
 	Up, Down *Pipe
 
 	id    peer.ID
+	addr  string // the running host's TCP listen address, host:port
 	dir   string
 	cfg   agent.NodeConfig
 	gater *linkGater
@@ -84,8 +86,8 @@ type Site struct {
 	partitioned bool
 }
 
-// Network is a running network of members whose connections all run through
-// shaped forwarders on loopback.
+// Network is a running network of members on loopback whose connections are
+// all shaped, at the dialing end, by the pipes of the links they cross.
 type Network struct {
 	cfg    Config
 	Root   *manifest.Root
@@ -93,9 +95,12 @@ type Network struct {
 	Origin *Member
 	Sites  []*Site
 
-	mu         sync.Mutex
-	members    map[peer.ID]*Member
-	forwarders map[[2]peer.ID]*Forwarder
+	mu      sync.Mutex
+	members map[peer.ID]*Member
+	// byAddr finds a running member by its host's TCP listen address.
+	byAddr map[string]*Member
+	// links are the open connections, each with the members it joins.
+	links map[*ShapedConn][2]*Member
 }
 
 // New starts a network as cfg describes, with a fresh trust root whose only
@@ -107,11 +112,12 @@ func New(ctx context.Context, cfg Config) (*Network, error) {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = time.Second
 	}
+	quietLibp2pLogs()
 	key, root, err := NewTrust()
 	if err != nil {
 		return nil, err
 	}
-	n := &Network{cfg: cfg, Root: root, Key: key, members: map[peer.ID]*Member{}, forwarders: map[[2]peer.ID]*Forwarder{}}
+	n := &Network{cfg: cfg, Root: root, Key: key, members: map[peer.ID]*Member{}, byAddr: map[string]*Member{}, links: map[*ShapedConn][2]*Member{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -196,6 +202,7 @@ func (n *Network) configure(m *Member) {
 		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
 		Gater:       m.gater,
 		HostReady:   m.gater.setHost,
+		DialTCP:     m.gater.dialer,
 		AgentConfig: agent.AgentConfig{
 			Root:         n.Root,
 			Role:         m.Role,
@@ -235,8 +242,15 @@ func (n *Network) Start(ctx context.Context, m *Member) error {
 	if err != nil {
 		return fmt.Errorf("testnet: start %s: %w", m.Name, err)
 	}
+	addr, err := tcpAddr(node.Host.Addrs())
+	if err != nil {
+		node.Close()
+		return fmt.Errorf("testnet: start %s: %w", m.Name, err)
+	}
 	n.mu.Lock()
 	m.Node = node
+	m.addr = addr
+	n.byAddr[addr] = m
 	n.mu.Unlock()
 	return nil
 }
@@ -247,17 +261,10 @@ func (n *Network) Stop(m *Member) error {
 	n.mu.Lock()
 	node := m.Node
 	m.Node = nil
-	var fws []*Forwarder
-	for k, f := range n.forwarders {
-		if k[0] == m.id || k[1] == m.id {
-			fws = append(fws, f)
-			delete(n.forwarders, k)
-		}
-	}
+	delete(n.byAddr, m.addr)
+	cut := n.unlink(func(a, b *Member) bool { return a == m || b == m })
 	n.mu.Unlock()
-	for _, f := range fws {
-		f.Close()
-	}
+	closeAll(cut)
 	if node == nil {
 		return nil
 	}
@@ -269,19 +276,30 @@ func (n *Network) Stop(m *Member) error {
 func (n *Network) Partition(s *Site, cut bool) {
 	n.mu.Lock()
 	s.partitioned = cut
-	var fws []*Forwarder
+	var conns []*ShapedConn
 	if cut {
-		for k, f := range n.forwarders {
-			a, b := n.members[k[0]], n.members[k[1]]
-			if a.Site != b.Site && (a.Site == s || b.Site == s) {
-				fws = append(fws, f)
-				delete(n.forwarders, k)
-			}
-		}
+		conns = n.unlink(func(a, b *Member) bool { return a.Site != b.Site && (a.Site == s || b.Site == s) })
 	}
 	n.mu.Unlock()
-	for _, f := range fws {
-		f.Close()
+	closeAll(conns)
+}
+
+// unlink forgets and returns the connections between members that match;
+// n.mu is held.
+func (n *Network) unlink(match func(a, b *Member) bool) []*ShapedConn {
+	var out []*ShapedConn
+	for c, ends := range n.links {
+		if match(ends[0], ends[1]) {
+			out = append(out, c)
+			delete(n.links, c)
+		}
+	}
+	return out
+}
+
+func closeAll(conns []*ShapedConn) {
+	for _, c := range conns {
+		c.Close()
 	}
 }
 
@@ -314,32 +332,62 @@ func path(a, b *Member) Path {
 	return append(p, b.Down)
 }
 
-// link returns the forwarder that carries from's connections to to, starting
-// it if needed, and whether the two may talk at all.
-func (n *Network) link(from *Member, to peer.ID) (*Forwarder, bool) {
+// reachable returns the listen address of the running member with peer ID
+// to, if from may reach it: two sites talk only while neither is
+// partitioned.
+func (n *Network) reachable(from *Member, to peer.ID) (ma.Multiaddr, bool) {
+	n.mu.Lock()
+	dst := n.members[to]
+	ok := dst != nil && n.mayTalk(from, dst)
+	var addr string
+	if ok {
+		addr = dst.addr
+	}
+	n.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	ta, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return nil, false
+	}
+	a, err := manet.FromNetAddr(ta)
+	return a, err == nil
+}
+
+// mayTalk reports whether from may reach dst now; n.mu is held.
+func (n *Network) mayTalk(from, dst *Member) bool {
+	if dst.Node == nil {
+		return false
+	}
+	return from.Site == dst.Site || ((from.Site == nil || !from.Site.partitioned) && (dst.Site == nil || !dst.Site.partitioned))
+}
+
+// dial opens a connection from a member to the member listening at addr,
+// shaped by the pipes of the path between them, and keeps it so that a stop
+// or partition can cut it.
+func (n *Network) dial(ctx context.Context, from *Member, addr string) (net.Conn, error) {
+	n.mu.Lock()
+	dst := n.byAddr[addr]
+	ok := dst != nil && n.mayTalk(from, dst)
+	n.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("testnet: %s cannot reach %s", from.Name, addr)
+	}
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c := Shape(raw, path(from, dst), path(dst, from))
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	dst := n.members[to]
-	if dst == nil || dst.Node == nil {
-		return nil, false
+	if !n.mayTalk(from, dst) || n.byAddr[addr] != dst {
+		c.Close()
+		return nil, fmt.Errorf("testnet: %s cannot reach %s", from.Name, dst.Name)
 	}
-	if from.Site != dst.Site && ((from.Site != nil && from.Site.partitioned) || (dst.Site != nil && dst.Site.partitioned)) {
-		return nil, false
-	}
-	key := [2]peer.ID{from.id, to}
-	if f := n.forwarders[key]; f != nil {
-		return f, true
-	}
-	target, err := tcpAddr(dst.Node.Host.Addrs())
-	if err != nil {
-		return nil, false
-	}
-	f, err := NewForwarder(target, path(from, dst), path(dst, from))
-	if err != nil {
-		return nil, false
-	}
-	n.forwarders[key] = f
-	return f, true
+	n.links[c] = [2]*Member{from, dst}
+	return c, nil
 }
 
 // tcpAddr returns the first TCP loopback address of addrs as host:port.
@@ -356,9 +404,9 @@ func tcpAddr(addrs []ma.Multiaddr) (string, error) {
 	return "", fmt.Errorf("no loopback TCP address among %v", addrs)
 }
 
-// linkGater makes a member dial every peer through the forwarder of their
-// link, and nothing else: the only address of a peer it may dial is that
-// forwarder's, which it learns just before dialing.
+// linkGater lets a member dial a peer only while the network lets them
+// talk, and only at the peer's current listen address, which it learns just
+// before dialing; its dialer shapes every connection it opens.
 type linkGater struct {
 	net  *Network
 	self *Member
@@ -367,17 +415,22 @@ type linkGater struct {
 
 func (g *linkGater) setHost(h host.Host) { g.host.Store(&h) }
 
+// dialer is the host's TCP dialer for every address.
+func (g *linkGater) dialer(ma.Multiaddr) (tcp.ContextDialer, error) { return memberDialer{g}, nil }
+
+type memberDialer struct{ g *linkGater }
+
+func (d memberDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return d.g.net.dial(ctx, d.g.self, addr)
+}
+
 func (g *linkGater) InterceptPeerDial(p peer.ID) bool {
-	f, ok := g.net.link(g.self, p)
+	addr, ok := g.net.reachable(g.self, p)
 	if !ok {
 		return false
 	}
 	h := g.host.Load()
 	if h == nil {
-		return false
-	}
-	addr, err := manet.FromNetAddr(f.Addr())
-	if err != nil {
 		return false
 	}
 	ps := (*h).Peerstore()
@@ -398,12 +451,8 @@ func containsAddr(addrs []ma.Multiaddr, a ma.Multiaddr) bool {
 }
 
 func (g *linkGater) InterceptAddrDial(p peer.ID, a ma.Multiaddr) bool {
-	f, ok := g.net.link(g.self, p)
-	if !ok {
-		return false
-	}
-	want, err := manet.FromNetAddr(f.Addr())
-	return err == nil && a.Equal(want)
+	want, ok := g.net.reachable(g.self, p)
+	return ok && a.Equal(want)
 }
 
 func (g *linkGater) InterceptAccept(network.ConnMultiaddrs) bool { return true }

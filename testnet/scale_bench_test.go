@@ -10,8 +10,7 @@ import (
 // BenchmarkDemoScale20Sites25Nodes is 500 nodes, each verifying and
 // installing, on this machine's cores; its baseline alone runs about seven
 // minutes, so it sits behind the scale build tag (`SCALE=DemoScale make
-// bench`). With a forwarder per pair of members that talk, it needs more
-// open files than a hard limit of 20,000 allows.
+// bench`).
 func BenchmarkDemoScale20Sites25Nodes(b *testing.B) {
 	benchDemo(b, DemoConfig{
 		Sites: 20, NodesPerSite: 25, PackSize: 4 << 20,

@@ -4,11 +4,12 @@
 package testnet
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,24 +46,49 @@ func (p *Pipe) Bytes() int64 { return p.bytes.Load() }
 // Name returns the pipe's name.
 func (p *Pipe) Name() string { return p.name }
 
-// pieceSize is the most a forwarder moves through its pipes at once.
+// pieceSize is the most a shaped conn moves through its pipes at once.
 const pieceSize = 16 << 10
 
 // Path is the pipes a direction of a connection crosses, in order, such as a
 // node's own link, its site's WAN uplink, and the other site's WAN downlink.
 type Path []*Pipe
 
-// wait takes n bytes from every pipe's bucket and counts them.
-func (path Path) wait(ctx context.Context, n int) error {
+// waitUntil takes n bytes from every pipe's bucket and counts them, giving
+// up when ctx ends or expired closes.
+func (path Path) waitUntil(ctx context.Context, expired <-chan struct{}, n int) error {
 	for _, p := range path {
 		if p.limiter != nil {
-			if err := p.limiter.WaitN(ctx, n); err != nil {
+			if err := waitN(ctx, expired, p.limiter, n); err != nil {
 				return err
 			}
 		}
 		p.bytes.Add(int64(n))
 	}
 	return nil
+}
+
+// waitN is rate.Limiter.WaitN that also gives up when expired closes.
+func waitN(ctx context.Context, expired <-chan struct{}, l *rate.Limiter, n int) error {
+	r := l.ReserveN(time.Now(), n)
+	if !r.OK() {
+		return fmt.Errorf("testnet: %d bytes exceed the pipe's burst", n)
+	}
+	d := r.Delay()
+	if d == 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		r.Cancel()
+		return ctx.Err()
+	case <-expired:
+		r.Cancel()
+		return os.ErrDeadlineExceeded
+	}
 }
 
 func (path Path) latency() time.Duration {
@@ -73,162 +99,314 @@ func (path Path) latency() time.Duration {
 	return d
 }
 
-// Forwarder accepts connections on a loopback address and relays each to a
-// target address, shaping what flows towards the target through Up and what
-// flows back through Down. Latency delays data without making the relay wait
-// for it (a delay line, not stop-and-wait), so a long path still fills its
-// bandwidth.
-type Forwarder struct {
-	ln       net.Listener
-	target   string
+// ShapedConn is one end of a TCP connection whose traffic both ways crosses
+// shaped paths: what is written to it waits for Up's bandwidth and then
+// travels Up's latency before it reaches the socket; what arrives from the
+// socket waits for Down's bandwidth and latency before Read returns it.
+// Latency is a delay line, not stop-and-wait: many pieces are in flight at
+// once, as on a real link, so a long path still fills its bandwidth.
+//
+// Shaping at one end of the connection, the dialer's, keeps a relayed
+// connection at the two descriptors of a plain one: a testnet of 500 agents
+// with a forwarding hop per connection ran out of open files.
+type ShapedConn struct {
+	raw      net.Conn
 	up, down Path
 
-	ctx    context.Context
+	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
+	once   sync.Once
+
+	wmu      sync.Mutex // orders the pieces of concurrent writes
+	outgoing chan piece
+	wdl      deadline
+	werr     atomic.Pointer[error] // the socket's write error, once seen
+
+	incoming chan piece // closed when the socket's read side ends
+	rerr     error      // why incoming closed; read after it closes
+	rmu      sync.Mutex
+	pending  *piece // taken off incoming, not yet due
+	current  []byte // due, not yet read
+	rdl      deadline
 }
 
-// NewForwarder listens on a free loopback port and relays to target.
-func NewForwarder(target string, up, down Path) (*Forwarder, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
+// piece is up to pieceSize bytes in flight, due at the far end at due; nil
+// data with eof set passes on the end of the writer's stream.
+type piece struct {
+	data []byte
+	due  time.Time
+	eof  bool
+}
+
+// Shape wraps raw so that its traffic crosses up (what is written) and down
+// (what is read). Close the returned conn, not raw.
+func Shape(raw net.Conn, up, down Path) *ShapedConn {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &Forwarder{ln: ln, target: target, up: up, down: down, ctx: ctx, cancel: cancel, conns: map[net.Conn]struct{}{}}
-	f.wg.Add(1)
-	go f.accept()
-	return f, nil
+	c := &ShapedConn{
+		raw: raw, up: up, down: down, ctx: ctx, cancel: cancel,
+		outgoing: make(chan piece, 256),
+		incoming: make(chan piece, 256),
+	}
+	c.wdl.init()
+	c.rdl.init()
+	go c.deliver()
+	go c.receive()
+	return c
 }
 
-// Addr is where to dial to be relayed.
-func (f *Forwarder) Addr() *net.TCPAddr { return f.ln.Addr().(*net.TCPAddr) }
-
-// Close stops accepting, cuts every relayed connection and waits for the
-// relay goroutines to end.
-func (f *Forwarder) Close() error {
-	f.cancel()
-	err := f.ln.Close()
-	f.mu.Lock()
-	for c := range f.conns {
-		c.Close()
+// Write queues b for delivery once the up path's bandwidth allows, and
+// returns then, as a socket returns once the kernel holds the bytes.
+func (c *ShapedConn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	latency := c.up.latency()
+	written := 0
+	for written < len(b) {
+		if err := c.writeErr(); err != nil {
+			return written, err
+		}
+		if isClosed(c.wdl.done()) {
+			return written, os.ErrDeadlineExceeded
+		}
+		n := min(len(b)-written, pieceSize)
+		if err := c.up.waitUntil(c.ctx, c.wdl.done(), n); err != nil {
+			return written, c.deadlineOr(err)
+		}
+		p := piece{data: bytes.Clone(b[written : written+n]), due: time.Now().Add(latency)}
+		select {
+		case c.outgoing <- p:
+		case <-c.ctx.Done():
+			return written, net.ErrClosed
+		case <-c.wdl.done():
+			return written, os.ErrDeadlineExceeded
+		}
+		written += n
 	}
-	f.mu.Unlock()
-	f.wg.Wait()
+	return written, nil
+}
+
+// CloseWrite ends the stream towards the peer once every queued byte has
+// reached it, keeping the other direction open.
+func (c *ShapedConn) CloseWrite() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	select {
+	case c.outgoing <- piece{eof: true, due: time.Now().Add(c.up.latency())}:
+		return nil
+	case <-c.ctx.Done():
+		return net.ErrClosed
+	}
+}
+
+func (c *ShapedConn) writeErr() error {
+	if e := c.werr.Load(); e != nil {
+		return *e
+	}
+	if c.ctx.Err() != nil {
+		return net.ErrClosed
+	}
+	return nil
+}
+
+// deadlineOr returns the error a wait ended with as a net.Conn reports it.
+func (c *ShapedConn) deadlineOr(err error) error {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return err
+	case c.ctx.Err() != nil:
+		return net.ErrClosed
+	}
 	return err
 }
 
-func (f *Forwarder) track(c net.Conn) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.ctx.Err() != nil {
-		return false
-	}
-	f.conns[c] = struct{}{}
-	return true
-}
-
-func (f *Forwarder) untrack(c net.Conn) {
-	f.mu.Lock()
-	delete(f.conns, c)
-	f.mu.Unlock()
-	c.Close()
-}
-
-func (f *Forwarder) accept() {
-	defer f.wg.Done()
+// deliver writes each queued piece to the socket when it is due.
+func (c *ShapedConn) deliver() {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		in, err := f.ln.Accept()
-		if err != nil {
+		var p piece
+		select {
+		case p = <-c.outgoing:
+		case <-c.ctx.Done():
 			return
 		}
-		out, err := net.Dial("tcp", f.target)
-		if err != nil {
-			in.Close()
-			continue
-		}
-		if !f.track(in) || !f.track(out) {
-			in.Close()
-			out.Close()
+		if !wait(c.ctx, timer, p.due) {
 			return
 		}
-		f.wg.Add(1)
-		go f.pair(in, out)
-	}
-}
-
-// pair relays both directions of one connection and closes both ends when
-// both directions are done.
-func (f *Forwarder) pair(in, out net.Conn) {
-	defer f.wg.Done()
-	var both sync.WaitGroup
-	both.Add(2)
-	go func() { defer both.Done(); f.relay(in, out, f.up) }()
-	go func() { defer both.Done(); f.relay(out, in, f.down) }()
-	both.Wait()
-	f.untrack(in)
-	f.untrack(out)
-}
-
-// relay copies src to dst through path. A reader takes pieces off src as the
-// pipes allow and queues them with the time they are due; a writer delivers
-// them when due. The queue holds at most a second of the path's data (or
-// 4 MiB), as a real link holds its bandwidth-delay product.
-func (f *Forwarder) relay(src, dst net.Conn, path Path) {
-	type piece struct {
-		data []byte
-		due  time.Time
-	}
-	queue := make(chan piece, 256)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for p := range queue {
-			if d := time.Until(p.due); d > 0 {
-				select {
-				case <-time.After(d):
-				case <-f.ctx.Done():
-					return
-				}
+		var err error
+		if p.eof {
+			if tc, ok := c.raw.(interface{ CloseWrite() error }); ok {
+				err = tc.CloseWrite()
 			}
-			if _, err := dst.Write(p.data); err != nil {
+		} else {
+			_, err = c.raw.Write(p.data)
+		}
+		if err != nil {
+			c.werr.Store(&err)
+			c.raw.Close()
+			return
+		}
+	}
+}
+
+// receive takes what arrives from the socket as fast as the down path's
+// bandwidth allows and queues it with the time it is due to the reader.
+func (c *ShapedConn) receive() {
+	defer close(c.incoming)
+	latency := c.down.latency()
+	buf := make([]byte, pieceSize)
+	for {
+		n, err := c.raw.Read(buf)
+		if n > 0 {
+			if werr := c.down.waitUntil(c.ctx, nil, n); werr != nil {
+				c.rerr = net.ErrClosed
+				return
+			}
+			select {
+			case c.incoming <- piece{data: bytes.Clone(buf[:n]), due: time.Now().Add(latency)}:
+			case <-c.ctx.Done():
+				c.rerr = net.ErrClosed
 				return
 			}
 		}
-		// The source ended: pass the end on, keeping the other
-		// direction open.
-		if tc, ok := dst.(*net.TCPConn); ok {
-			tc.CloseWrite()
-		}
-	}()
-	latency := path.latency()
-	for {
-		buf := make([]byte, pieceSize)
-		n, err := src.Read(buf)
-		if n > 0 {
-			if werr := path.wait(f.ctx, n); werr != nil {
-				break
-			}
-			select {
-			case queue <- piece{data: buf[:n], due: time.Now().Add(latency)}:
-			case <-done:
-				err = io.ErrClosedPipe
-			}
-		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				src.Close()
+			if c.ctx.Err() != nil {
+				err = net.ErrClosed
 			}
-			break
+			c.rerr = err
+			return
 		}
 	}
-	close(queue)
-	<-done
 }
 
-// String describes the forwarder, for test logs.
-func (f *Forwarder) String() string {
-	return fmt.Sprintf("forwarder %s -> %s", f.Addr(), f.target)
+// Read returns bytes that have crossed the down path.
+func (c *ShapedConn) Read(b []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	for len(c.current) == 0 {
+		if c.pending == nil {
+			select {
+			case p, ok := <-c.incoming:
+				if !ok {
+					return 0, c.rerr
+				}
+				c.pending = &p
+			case <-c.rdl.done():
+				return 0, os.ErrDeadlineExceeded
+			case <-c.ctx.Done():
+				return 0, net.ErrClosed
+			}
+		}
+		if d := time.Until(c.pending.due); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-c.rdl.done():
+				t.Stop()
+				return 0, os.ErrDeadlineExceeded
+			case <-c.ctx.Done():
+				t.Stop()
+				return 0, net.ErrClosed
+			}
+		}
+		c.current, c.pending = c.pending.data, nil
+	}
+	n := copy(b, c.current)
+	c.current = c.current[n:]
+	return n, nil
+}
+
+// Close cuts the connection at once, as a crash would: bytes still in
+// flight are lost.
+func (c *ShapedConn) Close() error {
+	err := net.ErrClosed
+	c.once.Do(func() {
+		c.cancel()
+		err = c.raw.Close()
+	})
+	return err
+}
+
+func (c *ShapedConn) LocalAddr() net.Addr  { return c.raw.LocalAddr() }
+func (c *ShapedConn) RemoteAddr() net.Addr { return c.raw.RemoteAddr() }
+
+func (c *ShapedConn) SetDeadline(t time.Time) error {
+	c.rdl.set(t)
+	c.wdl.set(t)
+	return nil
+}
+
+func (c *ShapedConn) SetReadDeadline(t time.Time) error  { c.rdl.set(t); return nil }
+func (c *ShapedConn) SetWriteDeadline(t time.Time) error { c.wdl.set(t); return nil }
+
+// wait waits until due, and reports false if ctx ended first.
+func wait(ctx context.Context, timer *time.Timer, due time.Time) bool {
+	d := time.Until(due)
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	timer.Reset(d)
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		if !timer.Stop() {
+			<-timer.C
+		}
+		return false
+	}
+}
+
+// deadline is a settable deadline as a channel that closes when it passes,
+// as net.Pipe keeps its deadlines.
+type deadline struct {
+	mu     sync.Mutex
+	timer  *time.Timer
+	passed chan struct{}
+}
+
+func (d *deadline) init() { d.passed = make(chan struct{}) }
+
+// set moves the deadline to t; the zero time means none.
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.timer != nil && !d.timer.Stop() {
+		<-d.passed // the timer fired: wait for it to close the channel
+	}
+	d.timer = nil
+	closed := isClosed(d.passed)
+	if t.IsZero() {
+		if closed {
+			d.passed = make(chan struct{})
+		}
+		return
+	}
+	if dur := time.Until(t); dur > 0 {
+		if closed {
+			d.passed = make(chan struct{})
+		}
+		ch := d.passed
+		d.timer = time.AfterFunc(dur, func() { close(ch) })
+		return
+	}
+	if !closed {
+		close(d.passed)
+	}
+}
+
+// done returns a channel that closes when the deadline passes.
+func (d *deadline) done() chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.passed
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }

@@ -3,8 +3,10 @@ package testnet
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -54,49 +56,41 @@ func echoServer(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-func forwarder(t testing.TB, target string, up, down Path) *Forwarder {
+// shaped dials target and shapes the connection with up and down.
+func shaped(t testing.TB, target string, up, down Path) *ShapedConn {
 	t.Helper()
-	f, err := NewForwarder(target, up, down)
+	raw, err := net.Dial("tcp", target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
-	return f
+	c := Shape(raw, up, down)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
-// send writes n bytes to addr and closes its side.
-func send(t testing.TB, addr string, n int64) {
+// send writes n bytes to c, closes its side and reads to the end.
+func send(t testing.TB, c *ShapedConn, n int64) {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Error(err)
-		return
-	}
-	defer c.Close()
 	if _, err := io.CopyN(c, rand.Reader, n); err != nil {
 		t.Error(err)
 	}
-	c.(*net.TCPConn).CloseWrite()
+	c.CloseWrite()
 	io.Copy(io.Discard, c)
 }
 
-func TestForwarderRelaysBothWaysAndCounts(t *testing.T) {
+func TestShapedConnCarriesBothWaysAndCounts(t *testing.T) {
 	echo := echoServer(t)
 	up, down := NewPipe("up", 0, 0), NewPipe("down", 0, 0)
-	f := forwarder(t, echo, Path{up}, Path{down})
-	c, err := net.Dial("tcp", f.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := shaped(t, echo, Path{up}, Path{down})
 	msg := make([]byte, 100<<10)
 	rand.Read(msg)
 	go func() {
 		c.Write(msg)
-		c.(*net.TCPConn).CloseWrite()
+		c.CloseWrite()
 	}()
 	back, err := io.ReadAll(c)
 	if err != nil || !bytes.Equal(back, msg) {
-		t.Fatalf("echo through the forwarder: %d bytes, %v", len(back), err)
+		t.Fatalf("echo through the shaped conn: %d bytes, %v", len(back), err)
 	}
 	if up.Bytes() != int64(len(msg)) || down.Bytes() != int64(len(msg)) {
 		t.Errorf("counted %d up and %d down, want %d each", up.Bytes(), down.Bytes(), len(msg))
@@ -110,9 +104,9 @@ func TestForwarderRelaysBothWaysAndCounts(t *testing.T) {
 func TestPipeNeverExceedsItsRate(t *testing.T) {
 	const rate, n = 2 << 20, 2 << 20
 	target, got := sink(t)
-	f := forwarder(t, target, Path{NewPipe("wan", rate, 0)}, nil)
+	c := shaped(t, target, Path{NewPipe("wan", rate, 0)}, nil)
 	start := time.Now()
-	send(t, f.Addr().String(), n)
+	send(t, c, n)
 	if m := <-got; m != n {
 		t.Fatalf("received %d bytes, want %d", m, n)
 	}
@@ -128,13 +122,13 @@ func TestFlowsThroughOneSitePipeShareIt(t *testing.T) {
 	start := time.Now()
 	for range 2 {
 		target, got := sink(t)
-		// Two peers of the site, each behind its own forwarder, both
-		// downloading through the site's one WAN pipe.
-		f := forwarder(t, target, Path{siteIn}, nil)
+		// Two peers of the site, each with a connection of its own,
+		// both downloading through the site's one WAN pipe.
+		c := shaped(t, target, Path{siteIn}, nil)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			send(t, f.Addr().String(), n)
+			send(t, c, n)
 			<-got
 		}()
 	}
@@ -150,12 +144,7 @@ func TestFlowsThroughOneSitePipeShareIt(t *testing.T) {
 func TestLatencyDelaysEveryByte(t *testing.T) {
 	echo := echoServer(t)
 	const latency = 40 * time.Millisecond
-	f := forwarder(t, echo, Path{NewPipe("up", 0, latency)}, Path{NewPipe("down", 0, latency)})
-	c, err := net.Dial("tcp", f.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := shaped(t, echo, Path{NewPipe("up", 0, latency)}, Path{NewPipe("down", 0, latency)})
 	start := time.Now()
 	c.Write([]byte("ping"))
 	buf := make([]byte, 4)
@@ -181,19 +170,19 @@ func BenchmarkPipeAccuracy(b *testing.B) {
 	}
 	for b.Loop() {
 		target, got := sink(b)
-		f := forwarder(b, target, Path{NewPipe("wan", rate, 0)}, nil)
-		one := measure(func() { send(b, f.Addr().String(), n); <-got })
+		c := shaped(b, target, Path{NewPipe("wan", rate, 0)}, nil)
+		one := measure(func() { send(b, c, n); <-got })
 		b.ReportMetric(float64(n)/one/rate, "one_flow_of_rate")
 
 		shared := NewPipe("site", rate, 0)
 		t1, g1 := sink(b)
 		t2, g2 := sink(b)
-		f1, f2 := forwarder(b, t1, Path{shared}, nil), forwarder(b, t2, Path{shared}, nil)
+		c1, c2 := shaped(b, t1, Path{shared}, nil), shaped(b, t2, Path{shared}, nil)
 		two := measure(func() {
 			var wg sync.WaitGroup
 			wg.Add(2)
-			go func() { defer wg.Done(); send(b, f1.Addr().String(), n/2); <-g1 }()
-			go func() { defer wg.Done(); send(b, f2.Addr().String(), n/2); <-g2 }()
+			go func() { defer wg.Done(); send(b, c1, n/2); <-g1 }()
+			go func() { defer wg.Done(); send(b, c2, n/2); <-g2 }()
 			wg.Wait()
 		})
 		b.ReportMetric(float64(n)/two/rate, "two_flows_of_rate")
@@ -202,8 +191,8 @@ func BenchmarkPipeAccuracy(b *testing.B) {
 		b.ReportMetric(both, "each_direction_of_rate")
 
 		lt, lg := sink(b)
-		fl := forwarder(b, lt, Path{NewPipe("far", rate, 50*time.Millisecond)}, nil)
-		far := measure(func() { send(b, fl.Addr().String(), n); <-lg })
+		cl := shaped(b, lt, Path{NewPipe("far", rate, 50*time.Millisecond)}, nil)
+		far := measure(func() { send(b, cl, n); <-lg })
 		b.ReportMetric(float64(n)/far/rate, "latency_50ms_of_rate")
 	}
 }
@@ -225,16 +214,39 @@ func duplexRate(b *testing.B, rate, n int64) float64 {
 		go func() { io.CopyN(c, rand.Reader, n); c.(*net.TCPConn).CloseWrite() }()
 		io.Copy(io.Discard, c)
 	}()
-	f := forwarder(b, ln.Addr().String(), Path{NewPipe("up", rate, 0)}, Path{NewPipe("down", rate, 0)})
-	c, err := net.Dial("tcp", f.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := shaped(b, ln.Addr().String(), Path{NewPipe("up", rate, 0)}, Path{NewPipe("down", rate, 0)})
 	start := time.Now()
-	go func() { io.CopyN(c, rand.Reader, n); c.(*net.TCPConn).CloseWrite() }()
+	go func() { io.CopyN(c, rand.Reader, n); c.CloseWrite() }()
 	if got, _ := io.Copy(io.Discard, c); got != n {
 		b.Fatalf("received %d of %d bytes", got, n)
 	}
 	return float64(n) / time.Since(start).Seconds() / float64(rate)
+}
+
+// libp2p's handshakes bound their reads and writes with deadlines, so a
+// shaped conn must honour them as a socket does, and recover when they are
+// lifted.
+func TestShapedConnHonoursDeadlines(t *testing.T) {
+	echo := echoServer(t)
+	c := shaped(t, echo, Path{NewPipe("up", 0, 0)}, Path{NewPipe("down", 0, 0)})
+	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	buf := make([]byte, 4)
+	if _, err := c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v, want %v", err, os.ErrDeadlineExceeded)
+	}
+	c.SetDeadline(time.Now().Add(-time.Second))
+	if _, err := c.Write([]byte("ping")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write past the deadline: %v, want %v", err, os.ErrDeadlineExceeded)
+	}
+	c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("after the deadline was lifted: %q, %v", buf, err)
+	}
+	c.Close()
+	if _, err := c.Read(buf); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read after close: %v, want %v", err, net.ErrClosed)
+	}
 }
