@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/ed25519"
 	"fmt"
 	"slices"
@@ -21,7 +22,37 @@ type Index struct {
 	Created  time.Time    `json:"created"`
 	Expires  time.Time    `json:"expires"`
 	Releases []IndexEntry `json:"releases"`
+	// Deployments say which nodes install which releases, and how. A node
+	// installs only releases deployed to it; proxies replicate the
+	// releases deployed to their site.
+	Deployments []Deployment `json:"deployments,omitempty"`
 }
+
+// Deployment modes.
+const (
+	// ModeAssigned: download and install automatically, inside the
+	// window when one is given.
+	ModeAssigned = "assigned"
+	// ModeAvailable: download; install when someone asks on the node.
+	ModeAvailable = "available"
+)
+
+// Deployment targets a release at the nodes a selector matches. The agent
+// parses Selector and Window (package agent); here they are only bounded,
+// so that a signed index is never refused for them: a deployment an agent
+// cannot parse matches none of its nodes.
+type Deployment struct {
+	Release  string `json:"release"`
+	Selector string `json:"selector,omitempty"` // "" is every node
+	Mode     string `json:"mode"`
+	Window   string `json:"window,omitempty"` // "HH:MM-HH:MM" local time; "" is any time
+}
+
+// Bounds of a deployment's text fields.
+const (
+	MaxSelectorLen = 2048
+	MaxWindowLen   = 16
+)
 
 // IndexEntry names one release of an index: its name, the CID of its
 // manifest and that manifest's sequence.
@@ -104,7 +135,37 @@ func (ix *Index) Validate() error {
 			}
 		}
 	}
+	if len(ix.Deployments) > MaxIndexEntries {
+		return fmt.Errorf("index version %d: %d deployments, more than %d: %w", ix.Version, len(ix.Deployments), MaxIndexEntries, ErrTooLarge)
+	}
+	deployed := make(map[Deployment]bool, len(ix.Deployments))
+	for i, d := range ix.Deployments {
+		if !seen[strings.ToLower(d.Release)] {
+			return fmt.Errorf("index version %d: deployment %d: release %q is not in the index: %w", ix.Version, i+1, d.Release, ErrInvalid)
+		}
+		if d.Mode != ModeAssigned && d.Mode != ModeAvailable {
+			return fmt.Errorf("index version %d: deployment %d of %s: mode %q, want %s or %s: %w", ix.Version, i+1, d.Release, d.Mode, ModeAssigned, ModeAvailable, ErrInvalid)
+		}
+		if len(d.Selector) > MaxSelectorLen || len(d.Window) > MaxWindowLen {
+			return fmt.Errorf("index version %d: deployment %d of %s: selector or window too long: %w", ix.Version, i+1, d.Release, ErrTooLarge)
+		}
+		if deployed[d] {
+			return fmt.Errorf("index version %d: deployment %d of %s appears twice: %w", ix.Version, i+1, d.Release, ErrInvalid)
+		}
+		deployed[d] = true
+	}
 	return nil
+}
+
+// DeploymentsOf returns the deployments of the release called name.
+func (ix *Index) DeploymentsOf(name string) []Deployment {
+	var out []Deployment
+	for _, d := range ix.Deployments {
+		if d.Release == name {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // Lookup returns the entry of the release called name.
@@ -128,6 +189,11 @@ func MarshalIndex(ix *Index) ([]byte, error) {
 		c.Releases = []IndexEntry{}
 	}
 	slices.SortFunc(c.Releases, func(a, b IndexEntry) int { return strings.Compare(a.Name, b.Name) })
+	c.Deployments = slices.Clone(ix.Deployments)
+	slices.SortFunc(c.Deployments, func(a, b Deployment) int {
+		return cmp.Or(strings.Compare(a.Release, b.Release), strings.Compare(a.Selector, b.Selector),
+			strings.Compare(a.Mode, b.Mode), strings.Compare(a.Window, b.Window))
+	})
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}

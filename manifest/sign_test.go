@@ -577,6 +577,26 @@ func TestIndexValidate(t *testing.T) {
 			ix.Releases[0].CID = s
 		}), ErrInvalid},
 		{"sequence 0", with(func(ix *Index) { ix.Releases[0].Sequence = 0 }), ErrInvalid},
+		{"deployments", with(func(ix *Index) {
+			ix.Deployments = []Deployment{
+				{Release: "HF-S041000005-012", Selector: "site=b", Mode: ModeAvailable},
+				{Release: "SP-S041000005", Selector: "site=a,target=server", Mode: ModeAssigned, Window: "22:00-04:00"},
+				{Release: "SP-S041000005", Mode: ModeAssigned},
+			}
+		}), nil},
+		{"deployment of a release not in the index", with(func(ix *Index) {
+			ix.Deployments = []Deployment{{Release: "SP-S041000009", Mode: ModeAssigned}}
+		}), ErrInvalid},
+		{"deployment without a mode", with(func(ix *Index) {
+			ix.Deployments = []Deployment{{Release: "SP-S041000005"}}
+		}), ErrInvalid},
+		{"deployment twice", with(func(ix *Index) {
+			d := Deployment{Release: "SP-S041000005", Selector: "site=a", Mode: ModeAssigned}
+			ix.Deployments = []Deployment{d, d}
+		}), ErrInvalid},
+		{"deployment selector too long", with(func(ix *Index) {
+			ix.Deployments = []Deployment{{Release: "SP-S041000005", Selector: strings.Repeat("a", MaxSelectorLen+1), Mode: ModeAssigned}}
+		}), ErrTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
