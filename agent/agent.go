@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -84,6 +83,17 @@ type AgentConfig struct {
 	NoSwarm bool
 	// HookTimeout bounds an install hook (default 10 min).
 	HookTimeout time.Duration
+	// Target says which packs apply to a node: "client" or "server" (the
+	// C or S of a pack's name); generic packages apply to both.
+	Target string
+	// Labels are the node's labels, for deployments' selectors.
+	Labels map[string]string
+	// InstallHook is the node's install command, run with /bin/sh -c in
+	// the release's directory after its files are in place.
+	InstallHook string
+	// AllowReleaseCommands lets a node run the install command a release
+	// carries (signed with it); without it such a release fails to install.
+	AllowReleaseCommands bool
 	// Logger receives the agent's log; nil discards.
 	Logger *slog.Logger
 	// Now is the clock signatures are checked at; nil is time.Now.
@@ -96,6 +106,16 @@ func (c *AgentConfig) validate() error {
 	}
 	if _, err := ParseRole(string(c.Role)); err != nil {
 		return err
+	}
+	switch c.Target {
+	case "", "client", "server":
+	default:
+		return fmt.Errorf("target %q: want client or server", c.Target)
+	}
+	for k, v := range c.Labels {
+		if _, _, err := ParseLabel(k + "=" + v); err != nil {
+			return err
+		}
 	}
 	if c.Role != RoleOrigin {
 		if err := manifest.ValidateSite(c.Site); err != nil {
@@ -123,6 +143,8 @@ func SaveIndex(dataDir string, env []byte) error {
 const (
 	indexFile     = "index.envelope"
 	installedDir  = "installed"
+	retiredDir    = "retired"
+	logsDir       = "logs"
 	defaultPoll   = time.Minute
 	trackerPeriod = 2 * time.Second
 )
@@ -136,11 +158,15 @@ type agentState struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	db        *stateDB
+	installMu sync.Mutex    // one install at a time
+	dirty     chan struct{} // a state changed: report soon
 	upstreams map[peer.ID]bool
 	wan       *p2p.RateLimiter
 	cache     *store.Cache // proxies only
 	index     *p2p.IndexService
 	tracker   *p2p.TrackerService
+	status    *p2p.StatusService
 	announced chan peer.ID
 
 	mu         sync.Mutex
@@ -154,12 +180,18 @@ type agentState struct {
 	states     map[string]ReleaseState // by release name
 	lanPeers   map[peer.ID]bool        // site peers found by mDNS
 	mdns       io.Closer
+
+	lifecycle map[string]*p2p.DeploymentStatus // nodes: by release name
+	progress  map[string]releaseProgress       // nodes: what outlasts a restart
+	sites     map[string]p2p.SiteStatus        // proxies and origin: the sites below
+	retries   []p2p.RetryOrder                 // proxies: ordered upstream; origin: ordered here
 }
 
 // member is a site node as its tracker knows it.
 type member struct {
 	releases map[string]string // manifest CID → state
 	seen     time.Time
+	status   p2p.NodeStatus
 }
 
 // StateFailed is the state of a release whose last attempt failed; the agent
@@ -215,6 +247,21 @@ func (n *Node) startAgent(ctx context.Context) error {
 		attempts:   map[string]int{},
 		states:     map[string]ReleaseState{},
 		lanPeers:   map[peer.ID]bool{},
+		dirty:      make(chan struct{}, 1),
+		lifecycle:  map[string]*p2p.DeploymentStatus{},
+		progress:   map[string]releaseProgress{},
+		sites:      map[string]p2p.SiteStatus{},
+	}
+	db, err := openStateDB(n.cfg.DataDir)
+	if err != nil {
+		cancel()
+		return err
+	}
+	a.db = db
+	fail := func(err error) error {
+		cancel()
+		db.Close()
+		return err
 	}
 	ps := n.Host.Peerstore()
 	for _, info := range cfg.Upstreams {
@@ -228,8 +275,7 @@ func (n *Node) startAgent(ctx context.Context) error {
 		upstream := p2p.NewUpstream(&p2p.Client{Host: n.Host, Limiter: a.wan}, a.upstreamIDs()...)
 		c, err := store.NewCache(ctx, n.Store, upstream, cfg.CacheQuota)
 		if err != nil {
-			cancel()
-			return err
+			return fail(err)
 		}
 		a.cache = c
 		// Releases replicated whole before a restart are claimed again
@@ -238,8 +284,7 @@ func (n *Node) startAgent(ctx context.Context) error {
 		// may have installed them.
 		rels, err := n.Catalog.List()
 		if err != nil {
-			cancel()
-			return err
+			return fail(err)
 		}
 		for _, r := range rels {
 			a.claim(r.Manifest.ChunkIDs())
@@ -249,9 +294,11 @@ func (n *Node) startAgent(ctx context.Context) error {
 	if err := a.loadIndex(); err != nil {
 		log.Warn("agent: held index not usable; starting without one", "err", err)
 	}
-	if err := a.loadInstalled(); err != nil {
-		cancel()
-		return err
+	if err := a.loadLifecycle(); err != nil {
+		return fail(fmt.Errorf("load state: %w", err))
+	}
+	if err := a.loadFleet(); err != nil {
+		return fail(fmt.Errorf("load state: %w", err))
 	}
 	n.agent = a
 	return nil
@@ -267,6 +314,9 @@ func (n *Node) runAgent() {
 	a.index = p2p.NewIndexService(n.Host, a, ann, p2p.IndexConfig{Logger: n.cfg.Logger})
 	if n.cfg.Role == RoleProxy {
 		a.tracker = p2p.NewTrackerService(n.Host, a, n.cfg.Logger)
+	}
+	if n.cfg.Role != RoleNode {
+		a.status = p2p.NewStatusService(n.Host, a, n.cfg.Logger)
 	}
 	if n.cfg.MDNS && n.cfg.Site != "" {
 		// The service name carries the site, so only peers of the
@@ -320,7 +370,11 @@ func (a *agentState) stop() {
 	if a.tracker != nil {
 		a.tracker.Close()
 	}
+	if a.status != nil {
+		a.status.Close()
+	}
 	a.wg.Wait()
+	a.db.Close()
 }
 
 func (a *agentState) upstreamIDs() []peer.ID {
@@ -346,15 +400,26 @@ func (a *agentState) loop() {
 	defer poll.Stop()
 	a.pollUpstreams()
 	a.reconcile()
+	a.reportUp()
+	// Reports of changes go at most once a second, however many change.
+	var soon <-chan time.Time
 	for {
 		select {
 		case <-a.ctx.Done():
 			return
 		case from := <-a.announced:
 			a.pull(from)
+		case <-a.dirty:
+			if soon == nil {
+				soon = time.After(time.Second)
+			}
+		case <-soon:
+			soon = nil
+			a.reportUp()
 		case <-poll.C:
 			a.pollUpstreams()
 			a.reconcile()
+			a.reportUp()
 		}
 	}
 }
@@ -530,12 +595,16 @@ func (a *agentState) reconcile() {
 	if a.held == nil || a.ctx.Err() != nil {
 		return
 	}
+	if role == RoleNode {
+		a.reconcileNode()
+		return
+	}
 	for _, e := range a.held.Releases {
-		if !e.ForSite(a.n.cfg.Site) || a.working[e.Name] {
+		if !deployedToSite(a.held, e, a.n.cfg.Site) || a.working[e.Name] {
 			continue
 		}
 		st := a.states[e.Name]
-		if st.CID == e.CID && (st.State == p2p.StateInstalled || (role == RoleProxy && st.State == p2p.StateHave)) {
+		if st.CID == e.CID && st.State == p2p.StateHave {
 			continue
 		}
 		a.working[e.Name] = true
@@ -543,12 +612,7 @@ func (a *agentState) reconcile() {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			var err error
-			if role == RoleProxy {
-				err = a.replicate(e)
-			} else {
-				err = a.deploy(e)
-			}
+			err := a.replicate(e)
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			delete(a.working, e.Name)
@@ -651,99 +715,6 @@ func (a *agentState) Has(ctx context.Context, id cid.Cid) (bool, error) {
 	return a.n.Store.Has(ctx, id)
 }
 
-// deploy brings a release to a node and installs it: the envelope from the
-// proxy, the chunks from the proxy and the site peers the tracker names.
-func (a *agentState) deploy(e manifest.IndexEntry) error {
-	ctx := a.ctx
-	n := a.n
-	proxies := a.upstreamIDs()
-	env, m, id, err := a.envelopeFor(ctx, e, proxies)
-	if err != nil {
-		return err
-	}
-	peers := slices.Clone(proxies)
-	opts := FetchOptions{Swarm: p2p.FetchConfig{IdleTimeout: fetchIdle}}
-	if !n.cfg.NoSwarm {
-		more := make(chan []peer.ID, 1)
-		opts.Swarm.MorePeers = more
-		tctx, stop := context.WithCancel(ctx)
-		defer stop()
-		found := a.track(tctx, e, p2p.StateFetching, id)
-		peers = append(peers, found...)
-		peers = append(peers, a.sitePeers()...)
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			t := time.NewTicker(trackerPeriod)
-			defer t.Stop()
-			for {
-				select {
-				case <-tctx.Done():
-					return
-				case <-t.C:
-				}
-				found := append(a.track(tctx, e, p2p.StateFetching, id), a.sitePeers()...)
-				if len(found) > 0 {
-					select {
-					case more <- found:
-					case <-tctx.Done():
-						return
-					}
-				}
-			}
-		}()
-	}
-	start := time.Now()
-	if _, err := n.fetchRelease(ctx, env, m, id, peers, n.Store, opts, start); err != nil {
-		return err
-	}
-	a.setState(e, p2p.StateHave)
-	if err := a.install(ctx, m, id); err != nil {
-		return err
-	}
-	a.setState(e, p2p.StateInstalled)
-	if !n.cfg.NoSwarm {
-		a.track(ctx, e, p2p.StateInstalled, cid.Undef)
-	}
-	return nil
-}
-
-// track reports this node's releases to its site's tracker and returns the
-// site peers it names for want (if defined), with their addresses added.
-func (a *agentState) track(ctx context.Context, e manifest.IndexEntry, state string, want cid.Cid) []peer.ID {
-	report := &p2p.TrackerReport{Site: a.n.cfg.Site}
-	a.mu.Lock()
-	for _, s := range a.states {
-		if s.CID != "" && (s.State == p2p.StateHave || s.State == p2p.StateInstalled || s.State == p2p.StateFetching) {
-			report.Releases = append(report.Releases, p2p.TrackedRelease{CID: s.CID, State: s.State})
-		}
-	}
-	a.mu.Unlock()
-	report.Releases = append(report.Releases, p2p.TrackedRelease{CID: e.CID, State: state})
-	if len(report.Releases) > p2p.MaxTrackedReleases {
-		report.Releases = report.Releases[len(report.Releases)-p2p.MaxTrackedReleases:]
-	}
-	if want.Defined() {
-		report.Want = want.String()
-	}
-	var ids []peer.ID
-	for _, proxy := range a.upstreamIDs() {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		infos, err := a.n.client.Track(rctx, proxy, report)
-		cancel()
-		if err != nil {
-			a.log.Debug("agent: tracker failed", "proxy", proxy, "err", err)
-			continue
-		}
-		for _, info := range infos {
-			a.n.Host.Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.TempAddrTTL)
-			ids = append(ids, info.ID)
-		}
-		break
-	}
-	return ids
-}
-
 // fetchIdle ends an agent's fetch whose peers have gone quiet, so that it
 // starts again soon with the peers of the moment (a restarted proxy, new
 // site peers) instead of waiting on the old ones.
@@ -752,39 +723,6 @@ const fetchIdle = 10 * time.Second
 // maxSwarmPeers bounds the site peers a tracker names to one node: enough
 // to swarm, few enough that have subscriptions stay cheap in a large site.
 const maxSwarmPeers = 8
-
-// Track is a proxy's tracker: it records what a node of its site holds and
-// names up to maxSwarmPeers other site nodes that hold or fetch what it
-// wants. Nodes of other sites are not recorded and get no peers.
-func (a *agentState) Track(_ context.Context, from peer.ID, r *p2p.TrackerReport) ([]peer.AddrInfo, error) {
-	if r.Site != a.n.cfg.Site {
-		return nil, nil
-	}
-	a.mu.Lock()
-	m := &member{releases: map[string]string{}, seen: a.now()}
-	for _, rel := range r.Releases {
-		m.releases[rel.CID] = rel.State
-	}
-	a.members[from] = m
-	a.downstream[from] = true
-	var candidates []peer.ID
-	if r.Want != "" {
-		for id, other := range a.members {
-			if id != from && other.releases[r.Want] != "" {
-				candidates = append(candidates, id)
-			}
-		}
-	}
-	a.mu.Unlock()
-	rand.Shuffle(len(candidates), func(i, j int) { candidates[i], candidates[j] = candidates[j], candidates[i] })
-	candidates = candidates[:min(len(candidates), maxSwarmPeers)]
-	infos := make([]peer.AddrInfo, 0, len(candidates))
-	for _, id := range candidates {
-		infos = append(infos, peer.AddrInfo{ID: id, Addrs: a.n.Host.Peerstore().Addrs(id)})
-	}
-	a.updatePins()
-	return infos, nil
-}
 
 // updatePins unpins, on a proxy, the releases every site node it knows has
 // installed, and lets the cache evict their chunks. A release stays pinned

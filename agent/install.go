@@ -1,11 +1,11 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,93 +19,208 @@ import (
 	"github.com/patchctl/patchctl/store"
 )
 
-// Installed is the record an installed release leaves under
-// <data-dir>/installed/<name>.json.
-type Installed struct {
-	Name        string    `json:"name"`
-	CID         string    `json:"cid"`
-	InstalledAt time.Time `json:"installed_at"`
-	Hook        []string  `json:"hook,omitempty"`
-}
-
-// maxHookOutput bounds the hook output kept for an error message.
+// maxHookOutput bounds the hook output kept for a failure's reason.
 const maxHookOutput = 4 << 10
 
-// install extracts a fetched release into <data-dir>/installed/<name>, runs
-// its hook there, and leaves the record. An install interrupted before the
-// record was written starts again from a fresh extract.
-func (a *agentState) install(ctx context.Context, m *manifest.Manifest, id cid.Cid) error {
+// maxReasonTail is how much of a failed hook's output its reason quotes:
+// the last lines, where an installer says what went wrong.
+const maxReasonTail = 5
+
+// install assembles a fetched release in a staging directory, verifying
+// every file, moves it to <data-dir>/installed/<name>, runs the install
+// commands there, and keeps the record. An install interrupted before the
+// record was written starts again from a fresh staging directory.
+func (a *agentState) install(ctx context.Context, m *manifest.Manifest, id cid.Cid) (InstallRecord, error) {
 	base := filepath.Join(a.n.cfg.DataDir, installedDir)
 	if err := os.MkdirAll(base, 0o755); err != nil {
-		return err
+		return InstallRecord{}, err
 	}
 	dir := filepath.Join(base, m.Name)
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("install %s: clear a previous attempt: %w", m.Name, err)
-	}
-	if err := store.Extract(ctx, a.n.Store, m, dir, store.ExtractOptions{}); err != nil {
-		return fmt.Errorf("install %s: %w", m.Name, err)
-	}
-	if len(m.Install.Hook) > 0 {
-		if err := a.runHook(ctx, m, dir); err != nil {
-			return err
+	staging := filepath.Join(base, ".staging-"+m.Name)
+	for _, d := range []string{staging, dir} {
+		if err := os.RemoveAll(d); err != nil {
+			return InstallRecord{}, fmt.Errorf("clear a previous attempt: %w", err)
 		}
 	}
-	rec, err := json.Marshal(Installed{Name: m.Name, CID: id.String(), InstalledAt: time.Now().UTC(), Hook: m.Install.Hook})
+	if err := store.Extract(ctx, a.n.Store, m, staging, store.ExtractOptions{}); err != nil {
+		return InstallRecord{}, fmt.Errorf("assemble files: %w", err)
+	}
+	if err := os.Rename(staging, dir); err != nil {
+		return InstallRecord{}, err
+	}
+	rec := InstallRecord{Name: m.Name, CID: id.String(), RestartRequired: m.Install.RestartRequired}
+	cmds, err := a.installCommands(m)
 	if err != nil {
-		return err
+		return InstallRecord{}, err
 	}
-	if err := writeFileAtomic(filepath.Join(base, m.Name+".json"), rec, 0o644); err != nil {
-		return fmt.Errorf("install %s: record: %w", m.Name, err)
+	if len(cmds) > 0 {
+		logPath, err := a.runInstall(ctx, m, dir, cmds)
+		rec.Log = logPath
+		if err != nil {
+			return InstallRecord{}, err
+		}
 	}
-	a.log.Info("agent: release installed", "release", m.Name)
-	return nil
+	rec.InstalledAt = a.now().UTC()
+	if err := a.db.put(bucketInstalled, m.Name, rec); err != nil {
+		return InstallRecord{}, fmt.Errorf("record: %w", err)
+	}
+	// The marker beside the files is for people and scripts on the
+	// machine; the database is what the agent trusts.
+	if b, err := json.MarshalIndent(rec, "", "  "); err == nil {
+		if err := writeFileAtomic(filepath.Join(base, m.Name+".json"), b, 0o644); err != nil {
+			a.log.Warn("agent: install marker", "release", m.Name, "err", err)
+		}
+	}
+	a.log.Info("agent: release installed", "release", m.Name, "restart_required", rec.RestartRequired)
+	return rec, nil
 }
 
-// runHook runs the release's hook in its directory with a minimal
-// environment and a time limit. Its output is kept only for the error.
-func (a *agentState) runHook(ctx context.Context, m *manifest.Manifest, dir string) error {
+// installCommands returns what to run for m, each through /bin/sh -c: the
+// release's own signed command if the node allows release commands, then
+// the node's install hook. A release that carries a command the node does
+// not allow fails: installed without it, it would be half installed.
+func (a *agentState) installCommands(m *manifest.Manifest) ([]installCommand, error) {
+	var cmds []installCommand
+	if len(m.Install.Hook) > 0 {
+		if !a.n.cfg.AllowReleaseCommands {
+			return nil, fmt.Errorf("the release carries an install command (%s); start the agent with --allow-release-commands to run it", strings.Join(m.Install.Hook, " "))
+		}
+		cmds = append(cmds, installCommand{"the release's install command", shellJoin(m.Install.Hook)})
+	}
+	if a.n.cfg.InstallHook != "" {
+		cmds = append(cmds, installCommand{"the install hook", a.n.cfg.InstallHook})
+	}
+	return cmds, nil
+}
+
+// installCommand is a command an install runs, and what to call it in a
+// failure's reason: the operator knows their hook by that name, and the
+// command line itself is in the log.
+type installCommand struct {
+	what, line string
+}
+
+// shellJoin quotes args for /bin/sh so that it runs them as the argv they
+// are; a release command written as one string ("/bin/sh", "-c", cmd)
+// comes out as that string.
+func shellJoin(args []string) string {
+	if len(args) == 3 && args[0] == "/bin/sh" && args[1] == "-c" {
+		return args[2]
+	}
+	q := make([]string, len(args))
+	for i, s := range args {
+		q[i] = "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
+}
+
+// runInstall runs cmds in dir, each with /bin/sh -c, with a minimal
+// environment and a time limit, their output in one log file per install
+// under <data-dir>/logs. It returns the log's path; a failure's error
+// carries the exit status and the output's last lines.
+func (a *agentState) runInstall(ctx context.Context, m *manifest.Manifest, dir string, cmds []installCommand) (string, error) {
 	timeout := a.n.cfg.HookTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Minute
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, m.Install.Hook[0], m.Install.Hook[1:]...)
-	cmd.Dir = dir
-	// The hook sees what it needs to know and nothing of the agent's own
-	// environment, which may hold credentials.
-	cmd.Env = []string{
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"PATCHCTL_RELEASE=" + m.Name,
-		"PATCHCTL_SITE=" + a.n.cfg.Site,
-		"PATCHCTL_RELEASE_DIR=" + dir,
+	logs := filepath.Join(a.n.cfg.DataDir, logsDir)
+	if err := os.MkdirAll(logs, 0o755); err != nil {
+		return "", err
 	}
-	var out bytes.Buffer
-	cmd.Stdout = &cappedWriter{w: &out, n: maxHookOutput}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("install %s: hook %q: %w: %s", m.Name, strings.Join(m.Install.Hook, " "), err, strings.TrimSpace(out.String()))
+	logPath := filepath.Join(logs, fmt.Sprintf("%s-%s.log", m.Name, a.now().UTC().Format("20060102T150405.000Z")))
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return "", err
 	}
-	return nil
+	defer logFile.Close()
+	manifestPath := filepath.Join(a.n.cfg.DataDir, installedDir, m.Name+".manifest.json")
+	if b, err := json.MarshalIndent(m, "", "  "); err == nil {
+		if err := writeFileAtomic(manifestPath, b, 0o644); err != nil {
+			return logPath, err
+		}
+	}
+	for _, ic := range cmds {
+		c := ic.line
+		var tail tailWriter
+		fmt.Fprintf(logFile, "$ %s\n", c)
+		hctx, cancel := context.WithTimeout(ctx, timeout)
+		cmd := exec.CommandContext(hctx, "/bin/sh", "-c", c)
+		cmd.Dir = dir
+		// The hook sees what it needs to know and nothing of the
+		// agent's own environment, which may hold credentials.
+		cmd.Env = []string{
+			"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+			"PATCH_NAME=" + m.Name,
+			"PATCH_DIR=" + dir,
+			"PATCH_MANIFEST=" + manifestPath,
+			"PATCHCTL_SITE=" + a.n.cfg.Site,
+		}
+		out := io.MultiWriter(logFile, &tail)
+		cmd.Stdout, cmd.Stderr = out, out
+		cmd.WaitDelay = 5 * time.Second
+		err := cmd.Run()
+		timedOut := hctx.Err() == context.DeadlineExceeded
+		cancel()
+		if err == nil {
+			continue
+		}
+		fmt.Fprintf(logFile, "# %v\n", err)
+		why := err.Error()
+		var exit *exec.ExitError
+		switch {
+		case timedOut:
+			why = fmt.Sprintf("timed out after %s", timeout)
+		case errors.As(err, &exit) && exit.ExitCode() >= 0:
+			why = fmt.Sprintf("exited with status %d", exit.ExitCode())
+		}
+		reason := fmt.Sprintf("%s %s", ic.what, why)
+		if last := tail.lastLines(maxReasonTail); last != "" {
+			reason += ": " + last
+		}
+		return logPath, fmt.Errorf("%s (log %s)", reason, logPath)
+	}
+	return logPath, nil
 }
 
-// cappedWriter keeps the first n bytes written and discards the rest.
-type cappedWriter struct {
-	w *bytes.Buffer
-	n int
-}
+// tailWriter keeps the last few KiB written.
+type tailWriter struct{ buf []byte }
 
-func (c *cappedWriter) Write(p []byte) (int, error) {
-	if room := c.n - c.w.Len(); room > 0 {
-		c.w.Write(p[:min(len(p), room)])
+func (t *tailWriter) Write(p []byte) (int, error) {
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > maxHookOutput {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-maxHookOutput:]...)
 	}
 	return len(p), nil
 }
 
-// loadInstalled reads the install records into the agent's states, so a
-// restarted node does not install again what it has.
-func (a *agentState) loadInstalled() error {
+// lastLines returns the last n non-empty lines, joined by " | ".
+func (t *tailWriter) lastLines(n int) string {
+	var lines []string
+	for _, l := range strings.Split(string(t.buf), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
+}
+
+// moveMarker moves a release's install marker to the retired folder.
+func (a *agentState) moveMarker(name string) error {
+	from := filepath.Join(a.n.cfg.DataDir, installedDir, name+".json")
+	toDir := filepath.Join(a.n.cfg.DataDir, retiredDir)
+	if err := os.MkdirAll(toDir, 0o755); err != nil {
+		return err
+	}
+	err := os.Rename(from, filepath.Join(toDir, name+".json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// importMarkers takes install markers of releases the database does not
+// know, as an agent from before the database left them.
+func (a *agentState) importMarkers() error {
 	entries, err := os.ReadDir(filepath.Join(a.n.cfg.DataDir, installedDir))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -114,30 +229,72 @@ func (a *agentState) loadInstalled() error {
 		return err
 	}
 	for _, de := range entries {
-		if de.IsDir() || !strings.HasSuffix(de.Name(), ".json") {
+		name, ok := strings.CutSuffix(de.Name(), ".json")
+		if de.IsDir() || !ok || strings.HasSuffix(name, ".manifest") {
+			continue
+		}
+		var known InstallRecord
+		if found, err := a.db.get(bucketInstalled, name, &known); err != nil || found {
 			continue
 		}
 		data, err := os.ReadFile(filepath.Join(a.n.cfg.DataDir, installedDir, de.Name()))
 		if err != nil {
 			return err
 		}
-		var rec Installed
-		if err := json.Unmarshal(data, &rec); err != nil {
+		var rec InstallRecord
+		if err := json.Unmarshal(data, &rec); err != nil || rec.Name != name {
 			a.log.Warn("agent: unreadable install record", "file", de.Name(), "err", err)
 			continue
 		}
-		a.states[rec.Name] = ReleaseState{Name: rec.Name, CID: rec.CID, State: p2p.StateInstalled}
+		if err := a.db.put(bucketInstalled, name, rec); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// Installed returns the releases installed on this node.
-func (n *Node) Installed() []string {
-	var names []string
-	for _, s := range n.States() {
-		if s.State == p2p.StateInstalled {
-			names = append(names, s.Name)
+func unmarshalJSON(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// About is a node's list of installed and retired releases.
+type About struct {
+	Installed []AboutEntry `json:"installed"`
+	Retired   []AboutEntry `json:"retired"`
+}
+
+// AboutEntry is one release of About.
+type AboutEntry struct {
+	Name            string    `json:"name"`
+	InstalledAt     time.Time `json:"installed_at"`
+	RestartRequired bool      `json:"restart_required,omitempty"`
+	RetiredAt       time.Time `json:"retired_at,omitzero"`
+	RetiredBy       string    `json:"retired_by,omitempty"`
+}
+
+// About lists what this node has installed and what was retired.
+func (n *Node) About() (About, error) {
+	ab := About{Installed: []AboutEntry{}, Retired: []AboutEntry{}}
+	if n.agent == nil {
+		return ab, nil
+	}
+	for _, b := range []struct {
+		bucket []byte
+		out    *[]AboutEntry
+	}{{bucketInstalled, &ab.Installed}, {bucketRetired, &ab.Retired}} {
+		recs, err := n.agent.db.records(b.bucket)
+		if err != nil {
+			return ab, err
+		}
+		for _, r := range recs {
+			restart := r.RestartRequired && n.agent.restartPending(r.Name)
+			*b.out = append(*b.out, AboutEntry{Name: r.Name, InstalledAt: r.InstalledAt, RestartRequired: restart, RetiredAt: r.RetiredAt, RetiredBy: r.RetiredBy})
 		}
 	}
-	return names
+	return ab, nil
+}
+
+func (a *agentState) restartPending(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ds := a.lifecycle[name]
+	return ds != nil && ds.State == p2p.StateRestartRequired
 }

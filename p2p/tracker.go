@@ -33,7 +33,7 @@ const TrackerProtocol protocol.ID = "/patchctl/tracker/1.0.0"
 
 const (
 	// MaxTrackerMessage bounds a tracker request or answer.
-	MaxTrackerMessage = 64 << 10
+	MaxTrackerMessage = 256 << 10
 	// MaxTrackedReleases bounds the releases of one report.
 	MaxTrackedReleases = 64
 	// MaxTrackerPeers bounds the peers of one answer.
@@ -56,6 +56,11 @@ type TrackerReport struct {
 	// Want, if set, is the manifest CID of a release whose holders the node
 	// asks for.
 	Want string `json:"want,omitempty"`
+	// The node's facts and its progress on the releases deployed to it,
+	// which the proxy passes up the tree as the site's status.
+	Target      string             `json:"target,omitempty"`
+	Labels      map[string]string  `json:"labels,omitempty"`
+	Deployments []DeploymentStatus `json:"deployments,omitempty"`
 }
 
 // TrackedRelease is one release of a report.
@@ -65,9 +70,17 @@ type TrackedRelease struct {
 }
 
 // TrackerAnswer lists peers of the reporter's site that hold or are fetching
-// the release it wants.
+// the release it wants, and the retries of failed installs an operator
+// ordered for it.
 type TrackerAnswer struct {
 	Peers []TrackerPeer `json:"peers"`
+	Retry []RetryOrder  `json:"retry,omitempty"`
+}
+
+// TrackResult is a decoded tracker answer.
+type TrackResult struct {
+	Peers []peer.AddrInfo
+	Retry []RetryOrder
 }
 
 // TrackerPeer is a peer and the addresses the tracker knows for it.
@@ -99,11 +112,25 @@ func (r *TrackerReport) Validate() error {
 			return fmt.Errorf("tracker report: %v: %w", err, ErrMalformed)
 		}
 	}
+	if err := validateFacts(r.Target, r.Labels, r.Deployments); err != nil {
+		return fmt.Errorf("tracker report: %w", err)
+	}
 	return nil
 }
 
-// AddrInfos decodes an answer's peers.
-func (a *TrackerAnswer) AddrInfos() ([]peer.AddrInfo, error) {
+// Decode checks an answer from the network and decodes its peers.
+func (a *TrackerAnswer) Decode() (TrackResult, error) {
+	peers, err := a.addrInfos()
+	if err != nil {
+		return TrackResult{}, err
+	}
+	if err := validateRetries(a.Retry); err != nil {
+		return TrackResult{}, fmt.Errorf("tracker answer: %w", err)
+	}
+	return TrackResult{Peers: peers, Retry: a.Retry}, nil
+}
+
+func (a *TrackerAnswer) addrInfos() ([]peer.AddrInfo, error) {
 	if len(a.Peers) > MaxTrackerPeers {
 		return nil, fmt.Errorf("tracker answer of %d peers, at most %d: %w", len(a.Peers), MaxTrackerPeers, ErrMalformed)
 	}
@@ -129,10 +156,11 @@ func (a *TrackerAnswer) AddrInfos() ([]peer.AddrInfo, error) {
 	return infos, nil
 }
 
-// NewTrackerAnswer encodes peers, at most MaxTrackerPeers of them with at
-// most 8 addresses each.
-func NewTrackerAnswer(peers []peer.AddrInfo) *TrackerAnswer {
-	a := &TrackerAnswer{Peers: []TrackerPeer{}}
+// NewTrackerAnswer encodes r's peers, at most MaxTrackerPeers of them with at
+// most 8 addresses each, and its retries, at most MaxRetryOrders.
+func NewTrackerAnswer(r TrackResult) *TrackerAnswer {
+	peers := r.Peers
+	a := &TrackerAnswer{Peers: []TrackerPeer{}, Retry: r.Retry[:min(len(r.Retry), MaxRetryOrders)]}
 	for _, info := range peers[:min(len(peers), MaxTrackerPeers)] {
 		tp := TrackerPeer{ID: info.ID.String()}
 		for _, addr := range info.Addrs[:min(len(info.Addrs), maxPeerAddrs)] {
@@ -156,12 +184,12 @@ func DecodeTrackerReport(p []byte) (*TrackerReport, error) {
 }
 
 // DecodeTrackerAnswer decodes and validates a tracker answer.
-func DecodeTrackerAnswer(p []byte) ([]peer.AddrInfo, error) {
+func DecodeTrackerAnswer(p []byte) (TrackResult, error) {
 	var a TrackerAnswer
 	if err := decodeJSON(p, &a); err != nil {
-		return nil, fmt.Errorf("tracker answer: %w", err)
+		return TrackResult{}, fmt.Errorf("tracker answer: %w", err)
 	}
-	return a.AddrInfos()
+	return a.Decode()
 }
 
 // decodeJSON decodes exactly one JSON value of p into v.
@@ -179,8 +207,9 @@ func decodeJSON(p []byte, v any) error {
 // Tracker answers tracker reports.
 type Tracker interface {
 	// Track records from's report and returns peers of its site that hold
-	// or are fetching report.Want (none if Want is empty).
-	Track(ctx context.Context, from peer.ID, report *TrackerReport) ([]peer.AddrInfo, error)
+	// or are fetching report.Want (none if Want is empty), and the retries
+	// ordered for from.
+	Track(ctx context.Context, from peer.ID, report *TrackerReport) (TrackResult, error)
 }
 
 // TrackerService serves TrackerProtocol.
@@ -214,12 +243,12 @@ func (ts *TrackerService) handle(ctx context.Context, s network.Stream) error {
 	if err != nil {
 		return err
 	}
-	peers, err := ts.tracker.Track(ctx, s.Conn().RemotePeer(), report)
+	res, err := ts.tracker.Track(ctx, s.Conn().RemotePeer(), report)
 	if err != nil {
 		ts.g.log.Warn("p2p: tracker failed", "err", err)
 		return WriteFrame(ds, []byte{byte(StatusUnavailable)})
 	}
-	body, err := json.Marshal(NewTrackerAnswer(peers))
+	body, err := json.Marshal(NewTrackerAnswer(res))
 	if err != nil {
 		return err
 	}
@@ -233,28 +262,29 @@ func (ts *TrackerService) handle(ctx context.Context, s network.Stream) error {
 	return bw.Flush()
 }
 
-// Track sends report to the tracker p and returns the peers it names.
-func (c *Client) Track(ctx context.Context, p peer.ID, report *TrackerReport) ([]peer.AddrInfo, error) {
+// Track sends report to the tracker p and returns the peers it names and
+// the retries it orders.
+func (c *Client) Track(ctx context.Context, p peer.ID, report *TrackerReport) (TrackResult, error) {
 	if err := report.Validate(); err != nil {
-		return nil, err
+		return TrackResult{}, err
 	}
 	req, err := json.Marshal(report)
 	if err != nil {
-		return nil, err
+		return TrackResult{}, err
 	}
 	if len(req) > MaxTrackerMessage {
-		return nil, fmt.Errorf("tracker report of %d bytes: %w", len(req), ErrFrameTooLarge)
+		return TrackResult{}, fmt.Errorf("tracker report of %d bytes: %w", len(req), ErrFrameTooLarge)
 	}
 	st, body, err := c.call(ctx, p, TrackerProtocol, req, MaxTrackerMessage, true)
 	if err != nil {
-		return nil, err
+		return TrackResult{}, err
 	}
 	if err := st.err(); err != nil {
-		return nil, fmt.Errorf("tracker %s: %w", p, err)
+		return TrackResult{}, fmt.Errorf("tracker %s: %w", p, err)
 	}
-	peers, err := DecodeTrackerAnswer(body)
+	res, err := DecodeTrackerAnswer(body)
 	if err != nil {
-		return nil, fmt.Errorf("tracker %s: %w", p, err)
+		return TrackResult{}, fmt.Errorf("tracker %s: %w", p, err)
 	}
-	return peers, nil
+	return res, nil
 }

@@ -91,6 +91,10 @@ type Delta struct {
 // demoRelease is the name the demo publishes under.
 const demoRelease = "SP-S041000005"
 
+// demoNextRelease is the delta's release: the next service pack, which
+// retires the first where it installs.
+const demoNextRelease = "SP-S041000006"
+
 // RunDemo builds the network, publishes a generated pack at the origin,
 // announces it, waits until every node has installed it, and reports; then,
 // as configured, the baseline and the delta.
@@ -265,7 +269,7 @@ func runDelta(ctx context.Context, n *Network, rel *Release, sources []agent.Sou
 	for i, s := range n.Sites {
 		before[i] = s.WANDown.Bytes()
 	}
-	rel2, err := n.Publish(ctx, rel.Name, v2, demoHook)
+	rel2, err := n.Publish(ctx, demoNextRelease, v2, demoHook)
 	if err != nil {
 		return nil, err
 	}

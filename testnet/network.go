@@ -204,10 +204,14 @@ func (n *Network) configure(m *Member) {
 		HostReady:   m.gater.setHost,
 		DialTCP:     m.gater.dialer,
 		AgentConfig: agent.AgentConfig{
-			Root:         n.Root,
-			Role:         m.Role,
-			PollInterval: n.cfg.PollInterval,
-			Logger:       n.cfg.Logger,
+			Root: n.Root,
+			Role: m.Role,
+			// The generated packs are server service packs whose
+			// signed install command leaves a marker.
+			Target:               "server",
+			AllowReleaseCommands: true,
+			PollInterval:         n.cfg.PollInterval,
+			Logger:               n.cfg.Logger,
 		},
 	}
 	if m.Site != nil {

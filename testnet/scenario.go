@@ -93,12 +93,14 @@ func (n *Network) Publish(ctx context.Context, name string, sources []agent.Sour
 	}, nil
 }
 
-// Announce signs an index of version listing releases and gives it to the
-// origin, which announces it down the tree.
+// Announce signs an index of version listing releases, each deployed to
+// every node to install at once, and gives it to the origin, which
+// announces it down the tree.
 func (n *Network) Announce(version uint64, releases ...*Release) error {
 	ix := &manifest.Index{Version: version, Channel: "stable", Created: time.Now(), Expires: time.Now().Add(24 * time.Hour)}
 	for _, r := range releases {
 		ix.Releases = append(ix.Releases, r.Entry)
+		ix.Deployments = append(ix.Deployments, manifest.Deployment{Release: r.Name, Mode: manifest.ModeAssigned})
 	}
 	env, err := manifest.SignIndex(ix, n.Key)
 	if err != nil {
@@ -127,8 +129,13 @@ func (n *Network) WaitInstalled(ctx context.Context, rel *Release, sites ...*Sit
 					continue
 				}
 				missing++
-				if st.State == agent.StateFailed {
-					failed = append(failed, fmt.Sprintf("%s: %s", m.Name, st.Error))
+				if m.Node == nil {
+					continue
+				}
+				for _, d := range m.Node.Deployments() {
+					if d.Release == rel.Name && (d.State == p2p.StateFailed || d.State == p2p.StateRefused) {
+						failed = append(failed, fmt.Sprintf("%s: %s", m.Name, d.Reason))
+					}
 				}
 			}
 		}
