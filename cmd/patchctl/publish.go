@@ -24,7 +24,11 @@ func publishCommand() *cli.Command {
 			&cli.StringFlag{Name: "channel", Value: "stable", Usage: "release channel"},
 			&cli.Uint64Flag{Name: "sequence", Usage: "manifest sequence; default: one more than the release of that name held here, or 1"},
 			&cli.DurationFlag{Name: "lifetime", Value: 365 * 24 * time.Hour, Usage: "how long the signed manifest stays valid"},
-			&cli.StringFlag{Name: "hook", Usage: "install command, run in the extracted release (split on spaces)"},
+			&cli.StringFlag{Name: "install-cmd", Usage: "signed install `COMMAND`, run with /bin/sh -c in the release's directory by nodes started with --allow-release-commands"},
+			&cli.StringFlag{Name: "hook", Usage: "install command as an argument list split on spaces (prefer --install-cmd)"},
+			&cli.StringFlag{Name: "origin", Usage: "then hand the release to the origin at its admin API `URL` and add it to the origin's signed index"},
+			&cli.StringFlag{Name: "trust", Usage: "with --origin: trust root `FILE` the origin's current index is checked against (default: the signing key alone)"},
+			tokenFlag,
 			&cli.BoolFlag{Name: "restart-required", Usage: "installing needs a restart"},
 			&cli.StringSliceFlag{Name: "label", Usage: "free-form `KEY=VALUE` label (repeatable)"},
 			&cli.StringSliceFlag{Name: "supersedes", Usage: "release this one replaces (repeatable)"},
@@ -43,6 +47,12 @@ func publishCommand() *cli.Command {
 				Supersedes: c.StringSlice("supersedes"),
 				Requires:   c.StringSlice("requires"),
 				Install:    manifest.Install{Hook: strings.Fields(c.String("hook")), RestartRequired: c.Bool("restart-required")},
+			}
+			if cmd := c.String("install-cmd"); cmd != "" {
+				if c.IsSet("hook") {
+					return usageError("publish: --install-cmd and --hook are two ways to say the same; give one")
+				}
+				opts.Install.Hook = []string{"/bin/sh", "-c", cmd}
 			}
 			for _, l := range c.StringSlice("label") {
 				k, v, ok := strings.Cut(l, "=")
@@ -108,8 +118,15 @@ func runPublish(c *cli.Context, g globals, keyFile string, paths []string, out s
 		}
 	}
 	secs := time.Since(start).Seconds()
+	var handed *handover
+	if c.String("origin") != "" {
+		if handed, err = handToOrigin(c, key, s, res); err != nil {
+			return fmt.Errorf("published %s here, but handing it to the origin failed (run the same command again to resume): %w", res.Name, err)
+		}
+	}
 	if g.json {
 		return g.printJSON(map[string]any{
+			"origin":       handed,
 			"name":         res.Name,
 			"cid":          res.CID.String(),
 			"sequence":     res.Sequence,
@@ -127,6 +144,9 @@ func runPublish(c *cli.Context, g globals, keyFile string, paths []string, out s
 	fmt.Fprintf(g.stdout, "new bytes    %d (%s)\n", res.NewBytes, humanBytes(res.NewBytes))
 	if out != "" {
 		fmt.Fprintf(g.stdout, "envelope     %s\n", out)
+	}
+	if handed != nil {
+		fmt.Fprintf(g.stdout, "origin       sent %d chunks (%s); index version %d\n", handed.ChunksSent, humanBytes(handed.BytesSent), handed.IndexVersion)
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -48,19 +47,10 @@ func nodeConfig(c *cli.Context, g globals) (agent.NodeConfig, error) {
 func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "serve",
-		Usage:     "serve the releases in the data dir to peers; prints each listen address with its /p2p/<peer-id>",
+		Usage:     "serve the releases in the data dir to peers (no agent: see patchctl agent); prints each listen address with its /p2p/<peer-id>",
 		ArgsUsage: " ",
 		Flags: append(swarmFlags(),
 			&cli.IntFlag{Name: "max-upload-rate", Usage: "cap what this node serves, in `BYTES_PER_S` (0: unlimited)"},
-			&cli.StringFlag{Name: "trust", Usage: "trust root `FILE`: run as an agent that follows the signed index and fetches, replicates or installs on its own"},
-			&cli.StringFlag{Name: "role", Value: "node", Usage: "agent `ROLE`: origin, proxy or node"},
-			&cli.StringFlag{Name: "site", Usage: "the agent's `SITE` name"},
-			&cli.StringSliceFlag{Name: "upstream", Usage: "upstream `MULTIADDR` ending in /p2p/<peer-id> (repeatable): a node's site proxy, a proxy's origin or parent proxy"},
-			&cli.StringSliceFlag{Name: "sibling", Usage: "a proxy of another site to share chunks with, `MULTIADDR` (repeatable)"},
-			&cli.StringFlag{Name: "wan-rate", Usage: "cap a proxy's downloads over the WAN at `RATE` (e.g. 20Mbit)"},
-			&cli.StringFlag{Name: "cache-quota", Usage: "keep a proxy's chunks under `SIZE` (e.g. 50GiB); releases the site still needs are never evicted"},
-			&cli.DurationFlag{Name: "poll", Value: time.Minute, Usage: "how often an agent asks its upstream for a newer index"},
-			&cli.BoolFlag{Name: "mdns", Usage: "find peers of the same site on the LAN by multicast DNS"},
 		),
 		Action: func(c *cli.Context) error {
 			if err := exactArgs(c, 0, "no arguments"); err != nil {
@@ -73,9 +63,6 @@ func serveCommand() *cli.Command {
 			}
 			if cfg.MaxUploadRate = c.Int("max-upload-rate"); cfg.MaxUploadRate < 0 {
 				return usageError("--max-upload-rate must not be negative")
-			}
-			if err := agentFlags(c, &cfg); err != nil {
-				return err
 			}
 			n, err := agent.StartNode(c.Context, cfg)
 			if err != nil {
@@ -107,16 +94,8 @@ func serveCommand() *cli.Command {
 	}
 }
 
-// agentFlags reads the flags that make serve an agent.
+// agentFlags reads the agent's flags of roles, sites and links.
 func agentFlags(c *cli.Context, cfg *agent.NodeConfig) error {
-	if c.String("trust") == "" {
-		for _, f := range []string{"role", "site", "upstream", "sibling", "wan-rate", "cache-quota", "mdns"} {
-			if c.IsSet(f) {
-				return usageError("--%s needs --trust: only an agent has a role", f)
-			}
-		}
-		return nil
-	}
 	root, err := loadTrust(c.String("trust"))
 	if err != nil {
 		return err
