@@ -38,8 +38,18 @@ type SiteCounts struct {
 	States     map[string]int `json:"states"`     // every targeted node's state
 	Failed     []NodeReason   `json:"failed"`     // failed or refused
 	Blocked    []NodeReason   `json:"blocked,omitempty"`
+	// Downloading is the progress of the nodes still downloading.
+	Downloading []NodeProgress `json:"downloading,omitempty"`
 	// ProxyReplicated: the site's proxy holds the release whole.
 	ProxyReplicated bool `json:"proxy_replicated"`
+}
+
+// NodeProgress is a node's download.
+type NodeProgress struct {
+	Node    string  `json:"node"`
+	Bytes   int64   `json:"bytes"`
+	Total   int64   `json:"total"`
+	Percent float64 `json:"percent"`
 }
 
 // NodeReason is a node and why it is where it is.
@@ -118,9 +128,16 @@ func countSite(ix *manifest.Index, e manifest.IndexEntry, s p2p.SiteStatus) Site
 			c.Failed = append(c.Failed, NodeReason{Node: node.ID, State: ds.State, Reason: ds.Reason})
 		case p2p.StateBlocked:
 			c.Blocked = append(c.Blocked, NodeReason{Node: node.ID, State: ds.State, Reason: ds.Reason})
+		case p2p.StateDownloading:
+			np := NodeProgress{Node: node.ID, Bytes: ds.Bytes, Total: ds.Total}
+			if ds.Total > 0 {
+				np.Percent = float64(int(1000*float64(ds.Bytes)/float64(ds.Total))) / 10
+			}
+			c.Downloading = append(c.Downloading, np)
 		}
 	}
 	slices.SortFunc(c.Failed, func(x, y NodeReason) int { return strings.Compare(x.Node, y.Node) })
 	slices.SortFunc(c.Blocked, func(x, y NodeReason) int { return strings.Compare(x.Node, y.Node) })
+	slices.SortFunc(c.Downloading, func(x, y NodeProgress) int { return strings.Compare(x.Node, y.Node) })
 	return c
 }

@@ -317,6 +317,9 @@ func printFleet(out io.Writer, st agent.FleetStatus) {
 			for _, b := range s.Blocked {
 				fmt.Fprintf(out, "  %s %s blocked: %s\n", s.Site, b.Node, b.Reason)
 			}
+			for _, d := range s.Downloading {
+				fmt.Fprintf(out, "  %s %s downloading: %.1f%% (%s of %s)\n", s.Site, d.Node, d.Percent, humanBytes(d.Bytes), humanBytes(d.Total))
+			}
 		}
 	}
 }
