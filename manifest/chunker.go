@@ -49,6 +49,10 @@ const maxMethodLen = 32
 // grows (about 16,000 chunk IDs, ~1.3 MB of manifest, per GiB).
 var DefaultChunkParams = ChunkParams{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
 
+// DefaultArchiveChunkParams are DefaultChunkParams with archive-aware
+// chunking: what publishing uses unless told otherwise.
+var DefaultArchiveChunkParams = ChunkParams{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10, Method: ChunkingArchive}
+
 // MaxChunkSize bounds every chunk any supported parameter set can produce. A
 // receiver refuses to decompress a chunk to more than this.
 const MaxChunkSize = 4 << 20
