@@ -19,7 +19,7 @@ import (
 // than those members and the headers, says which members were new, and
 // extracts byte for byte.
 func TestPublishArchivePairStoresChangedMembers(t *testing.T) {
-	tree := packgen.Tree{Seed: 5, Files: 600, Size: 12 << 20, Changed: 9}
+	tree := packgen.Tree{Seed: 5, Files: 400, Size: 6 << 20, Changed: 9}
 	kinds := []struct {
 		name  string
 		write func(w *bytes.Buffer, version int) (packgen.ArchiveStats, error)
