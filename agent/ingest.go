@@ -100,11 +100,38 @@ type IngestStats struct {
 	Chunks      int   // distinct chunks
 	StoredBytes int64 // stored (compressed) bytes of the distinct chunks
 	NewBytes    int64 // stored bytes written by this ingest: what dedupe did not save
+	// NewFileBytes are the file bytes in chunks this ingest stored first;
+	// ReusedBytes those in chunks already stored, by an earlier publish or
+	// earlier in this one. They add up to TotalBytes.
+	NewFileBytes, ReusedBytes int64
+	// Archives counts the files in which archive-aware chunking found
+	// members; Members the members, MembersChanged those whose data was
+	// (at least in part) new. HeaderBytes are the bytes of all member
+	// headers, NewHeaderBytes those of headers stored anew.
+	Archives, Members, MembersChanged int
+	HeaderBytes, NewHeaderBytes       int64
+	// MemberStats lists every member with what it cost, in order, when
+	// IngestOptions.Explain asked for it (at most maxExplainMembers).
+	MemberStats []MemberStat
 }
+
+// MemberStat is what one archive member cost a publish.
+type MemberStat struct {
+	File                 string // the file's path in the release
+	Name                 string // the member's path in the archive
+	HeaderBytes, NewHead int64  // bytes of its header(s), and of those stored anew
+	DataBytes, NewData   int64  // bytes of its data, and of those stored anew
+}
+
+// maxExplainMembers bounds IngestStats.MemberStats, and the members whose
+// cost is tracked at all.
+const maxExplainMembers = 1 << 20
 
 // IngestOptions tune Ingest; the zero value is ready to use.
 type IngestOptions struct {
-	Chunking manifest.ChunkParams // default manifest.DefaultChunkParams
+	// Chunking says how files are cut; default
+	// manifest.DefaultArchiveChunkParams.
+	Chunking manifest.ChunkParams
 	// Workers is how many chunks are on their way into the store at once;
 	// default 16 per CPU. Creating a file blocks while the file system
 	// commits its journal (which a flush of the store's write batch
@@ -113,15 +140,37 @@ type IngestOptions struct {
 	// workers per CPU against 1.39 s with 4.
 	Workers  int
 	Progress func(bytes int64) // called with bytes read so far
+	// Explain fills IngestStats.MemberStats.
+	Explain bool
 }
 
 // ingestJob is one chunk on its way through the pipeline. Its buffer goes back
 // to the pool when both the worker and the file hasher are done with it.
 type ingestJob struct {
 	file, index int
+	member      int // index in the member list, or -1
+	kind        manifest.ChunkKind
 	data        []byte
 	buf         *[]byte
 	users       atomic.Int32
+}
+
+// chunker is what Ingest needs of Chunker and ArchiveChunker.
+type chunker interface {
+	Next() ([]byte, error)
+}
+
+// newChunker returns the chunker for p.Method, and a function describing
+// its last chunk (nil if it knows nothing of archives).
+func newChunker(r io.Reader, p manifest.ChunkParams) (chunker, func() manifest.ChunkInfo, error) {
+	switch p.Method {
+	case manifest.ChunkingCDC:
+		return manifest.NewChunker(r, p), nil, nil
+	case manifest.ChunkingArchive:
+		c := manifest.NewArchiveChunker(r, p)
+		return c, c.Info, nil
+	}
+	return nil, nil, fmt.Errorf("chunking method %q: this build chunks with %q or %q only: %w", p.Method, manifest.ChunkingCDC, manifest.ChunkingArchive, manifest.ErrInvalid)
 }
 
 // Ingest chunks, hashes, compresses and stores sources, and returns their
@@ -131,9 +180,12 @@ type ingestJob struct {
 func Ingest(ctx context.Context, s ChunkAdder, sources []Source, opts IngestOptions) ([]manifest.File, IngestStats, error) {
 	params := opts.Chunking
 	if params == (manifest.ChunkParams{}) {
-		params = manifest.DefaultChunkParams
+		params = manifest.DefaultArchiveChunkParams
 	}
 	if err := params.Validate(); err != nil {
+		return nil, IngestStats{}, err
+	}
+	if _, _, err := newChunker(nil, params); err != nil {
 		return nil, IngestStats{}, err
 	}
 	workers := opts.Workers
@@ -154,6 +206,9 @@ func Ingest(ctx context.Context, s ChunkAdder, sources []Source, opts IngestOpti
 	// add the same chunk at once, and either may be the one that wrote it.
 	seen := make(map[cid.Cid]bool)
 	var stats IngestStats
+	// members lists the archive members found, guarded by refsMu: the
+	// reader appends, the workers add up what each member cost.
+	var members []MemberStat
 
 	g, ctx := errgroup.WithContext(ctx)
 	jobs := make(chan *ingestJob, workers)
@@ -170,7 +225,8 @@ func Ingest(ctx context.Context, s ChunkAdder, sources []Source, opts IngestOpti
 				return err
 			}
 			files[fi] = manifest.File{Path: src.Path, Mode: uint32(src.Mode.Perm())}
-			c := manifest.NewChunker(f, params)
+			c, info, _ := newChunker(f, params)
+			lastMember, member := 0, -1
 			for idx := 0; ; idx++ {
 				chunk, err := c.Next()
 				if err == io.EOF {
@@ -181,7 +237,21 @@ func Ingest(ctx context.Context, s ChunkAdder, sources []Source, opts IngestOpti
 					return fmt.Errorf("read %s: %w", src.Local, err)
 				}
 				buf := pool.Get().(*[]byte)
-				j := &ingestJob{file: fi, index: idx, data: (*buf)[:copy(*buf, chunk)], buf: buf}
+				j := &ingestJob{file: fi, index: idx, member: -1, data: (*buf)[:copy(*buf, chunk)], buf: buf}
+				if info != nil {
+					if in := info(); in.Kind != manifest.ChunkOther {
+						if in.Member != lastMember {
+							lastMember, member = in.Member, -1
+							refsMu.Lock()
+							if len(members) < maxExplainMembers {
+								members = append(members, MemberStat{File: src.Path, Name: in.Name})
+								member = len(members) - 1
+							}
+							refsMu.Unlock()
+						}
+						j.member, j.kind = member, in.Kind
+					}
+				}
 				j.users.Store(2)
 				select {
 				case jobs <- j:
@@ -246,10 +316,26 @@ func Ingest(ctx context.Context, s ChunkAdder, sources []Source, opts IngestOpti
 					stats.Chunks++
 					stats.StoredBytes += added.StoredSize
 				}
-				if added.New && !counted {
+				first := added.New && !counted
+				var fresh int64
+				if first {
 					stats.NewBytes += added.StoredSize
+					stats.NewFileBytes += int64(size)
+					fresh = int64(size)
+				} else {
+					stats.ReusedBytes += int64(size)
 				}
 				seen[added.ID] = counted || added.New
+				if j.member >= 0 {
+					m := &members[j.member]
+					if j.kind == manifest.ChunkHeader {
+						m.HeaderBytes += int64(size)
+						m.NewHead += fresh
+					} else {
+						m.DataBytes += int64(size)
+						m.NewData += fresh
+					}
+				}
 				refsMu.Unlock()
 			}
 			return nil
@@ -264,6 +350,20 @@ func Ingest(ctx context.Context, s ChunkAdder, sources []Source, opts IngestOpti
 			files[i].Chunks = []manifest.ChunkRef{}
 		}
 		stats.TotalBytes += files[i].Size
+	}
+	stats.Members = len(members)
+	for i, m := range members {
+		if i == 0 || m.File != members[i-1].File {
+			stats.Archives++
+		}
+		if m.NewData > 0 {
+			stats.MembersChanged++
+		}
+		stats.HeaderBytes += m.HeaderBytes
+		stats.NewHeaderBytes += m.NewHead
+	}
+	if opts.Explain {
+		stats.MemberStats = members
 	}
 	return files, stats, nil
 }

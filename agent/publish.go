@@ -81,7 +81,7 @@ func Publish(ctx context.Context, s PublishStore, cat *Catalog, key ed25519.Priv
 	}
 	params := opts.Ingest.Chunking
 	if params == (manifest.ChunkParams{}) {
-		params = manifest.DefaultChunkParams
+		params = manifest.DefaultArchiveChunkParams
 		opts.Ingest.Chunking = params
 	}
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // ChunkParams are the content-defined chunking sizes. They are part of the
@@ -15,7 +16,27 @@ type ChunkParams struct {
 	Min int `json:"min"`
 	Avg int `json:"avg"` // a power of two
 	Max int `json:"max"`
+	// Method is how boundaries were chosen: ChunkingCDC (empty, what every
+	// manifest before archive-aware chunking recorded) or ChunkingArchive.
+	// Receivers never re-chunk, so to them it is a record of how the
+	// publisher cut, not an instruction; publishers dedupe only with chunks
+	// cut the same way.
+	Method string `json:"method,omitempty"`
 }
+
+// Chunking methods.
+const (
+	// ChunkingCDC is FastCDC over each file's bytes (NewChunker).
+	ChunkingCDC = ""
+	// ChunkingArchive cuts ZIP and tar archives at their members' headers
+	// and data, and uses FastCDC inside large members and for everything
+	// else (NewArchiveChunker). The version moves with any change to where
+	// the walker cuts.
+	ChunkingArchive = "archive/1"
+)
+
+// maxMethodLen bounds ChunkParams.Method.
+const maxMethodLen = 32
 
 // DefaultChunkParams: an average of 64 KiB, between 16 KiB and 256 KiB.
 //
@@ -27,6 +48,10 @@ type ChunkParams struct {
 // move for the next pack shrink far more from small chunks than the manifest
 // grows (about 16,000 chunk IDs, ~1.3 MB of manifest, per GiB).
 var DefaultChunkParams = ChunkParams{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
+
+// DefaultArchiveChunkParams are DefaultChunkParams with archive-aware
+// chunking: what publishing uses unless told otherwise.
+var DefaultArchiveChunkParams = ChunkParams{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10, Method: ChunkingArchive}
 
 // MaxChunkSize bounds every chunk any supported parameter set can produce. A
 // receiver refuses to decompress a chunk to more than this.
@@ -43,8 +68,25 @@ func (p ChunkParams) Validate() error {
 		return fmt.Errorf("chunk params: want min < avg < max, have %d, %d, %d: %w", p.Min, p.Avg, p.Max, ErrInvalid)
 	case p.Max > MaxChunkSize:
 		return fmt.Errorf("chunk params: max %d is above %d: %w", p.Max, MaxChunkSize, ErrInvalid)
+	case !validMethod(p.Method):
+		return fmt.Errorf("chunk params: method %q is not 1 to %d of a-z, 0-9, '.', '/', '-' and '_': %w", p.Method, maxMethodLen, ErrInvalid)
 	}
 	return nil
+}
+
+// validMethod accepts any well-formed method name, not only the ones this
+// build can chunk with: a manifest cut by a later walker is as good to a
+// receiver as any other, since nothing on the receiving side re-chunks.
+func validMethod(m string) bool {
+	if len(m) > maxMethodLen {
+		return false
+	}
+	for _, r := range m {
+		if !('a' <= r && r <= 'z' || '0' <= r && r <= '9' || strings.ContainsRune("./-_", r)) {
+			return false
+		}
+	}
+	return true
 }
 
 // gear is the table of the gear rolling hash. It is derived from SHA-256 so it
@@ -67,14 +109,21 @@ type Chunker struct {
 	p          ChunkParams
 	maskSmall  uint64 // used before the average size: harder to match
 	maskLarge  uint64 // used after it: easier to match
+	look       int    // fill keeps at least this many bytes ahead, or the rest of the stream
 	buf        []byte
 	start, end int // unconsumed bytes are buf[start:end]
 	err        error
 }
 
 // NewChunker returns a chunker reading r. It panics if p is invalid; callers
-// with untrusted parameters check Validate first.
+// with untrusted parameters check Validate first. It cuts with FastCDC
+// whatever p.Method says; NewArchiveChunker is the archive-aware chunker.
 func NewChunker(r io.Reader, p ChunkParams) *Chunker {
+	return newChunker(r, p, p.Max)
+}
+
+// newChunker returns a chunker that reads look bytes ahead (at least Max).
+func newChunker(r io.Reader, p ChunkParams, look int) *Chunker {
 	if err := p.Validate(); err != nil {
 		panic(err)
 	}
@@ -90,7 +139,8 @@ func NewChunker(r io.Reader, p ChunkParams) *Chunker {
 		p:         p,
 		maskSmall: topMask(bits + 2),
 		maskLarge: topMask(bits - 2),
-		buf:       make([]byte, 4*p.Max),
+		look:      max(look, p.Max),
+		buf:       make([]byte, 4*max(look, p.Max)),
 	}
 }
 
@@ -99,7 +149,7 @@ func NewChunker(r io.Reader, p ChunkParams) *Chunker {
 // as soon as it is seen, without the chunks still buffered: their boundaries
 // may depend on bytes the reader never delivered.
 func (c *Chunker) Next() ([]byte, error) {
-	if c.end-c.start < c.p.Max && c.err == nil {
+	if c.end-c.start < c.look && c.err == nil {
 		c.fill()
 	}
 	if c.err != nil && !errors.Is(c.err, io.EOF) {
@@ -118,16 +168,16 @@ func (c *Chunker) Next() ([]byte, error) {
 // before the chunker gives up with io.ErrNoProgress, as bufio does.
 const maxEmptyReads = 100
 
-// fill reads until the buffer holds at least Max unconsumed bytes or the
-// reader ends. It moves the unconsumed bytes to the front only when Max bytes
-// would not fit behind them; the buffer holds 4*Max, so that copy costs at
-// most a third of the bytes chunked.
+// fill reads until the buffer holds at least look unconsumed bytes or the
+// reader ends. It moves the unconsumed bytes to the front only when look
+// bytes would not fit behind them; the buffer holds 4*look, so that copy
+// costs at most a third of the bytes chunked.
 func (c *Chunker) fill() {
-	if len(c.buf)-c.start < c.p.Max {
+	if len(c.buf)-c.start < c.look {
 		c.end = copy(c.buf, c.buf[c.start:c.end])
 		c.start = 0
 	}
-	for empty := 0; c.end-c.start < c.p.Max && c.err == nil; {
+	for empty := 0; c.end-c.start < c.look && c.err == nil; {
 		n, err := c.r.Read(c.buf[c.end:])
 		c.end += n
 		c.err = err

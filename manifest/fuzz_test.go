@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"archive/tar"
 	"bytes"
 	"crypto/ed25519"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -84,6 +86,8 @@ func fuzzSeeds(t testing.TB) map[string]map[string]any {
 			"leading-dot":   ".hidden",
 			"hotfix-number": "SP-S041000005-012",
 		},
+		"FuzzZipWalker": zipFuzzSeeds(),
+		"FuzzTarWalker": tarFuzzSeeds(t),
 		"FuzzVerifyManifest": {
 			"valid":          env,
 			"valid-minimal":  signManifest(t, minimalManifest(), key),
@@ -253,5 +257,80 @@ func FuzzVerifyManifest(f *testing.F) {
 		if now.After(m.Expires) {
 			t.Fatalf("accepted a manifest expired at %s", m.Expires.Format(time.RFC3339))
 		}
+	})
+}
+
+// zipFuzzSeeds are small ZIPs of every shape the walker knows.
+func zipFuzzSeeds() map[string]any {
+	entry := func(name string, n int, method uint16, desc descStyle, zip64 bool) zipEntry {
+		return zipEntry{name: name, data: prngBytes(uint64(n), n), method: method, desc: desc, zip64: zip64}
+	}
+	plain, _ := buildZip([]zipEntry{entry("a/", 0, 0, descNone, false), entry("a/b.txt", 300, 0, descNone, false), entry("a/c.bin", 900, 8, descNone, false)})
+	signed, _ := buildZip([]zipEntry{entry("x", 200, 8, descSigned, false), entry("y", 0, 8, descSigned, false), entry("z", 700, 0, descKnown, false)})
+	unsigned, _ := buildZip([]zipEntry{entry("u", 500, 8, descUnsigned, false), entry("v", 40, 0, descUnsigned, false)})
+	zip64, _ := buildZip([]zipEntry{entry("big", 400, 0, descNone, true), entry("big2", 300, 8, descSigned, true)})
+	inner, _ := buildZip([]zipEntry{entry("in/1", 100, 0, descNone, false), entry("in/2", 120, 8, descNone, false)})
+	nested, _ := buildZip([]zipEntry{{name: "lib/in.jar", data: inner}, entry("after", 64, 8, descSigned, false)})
+	sfx := append(prngBytes(9, 333), plain...)
+	return map[string]any{
+		"plain":     plain,
+		"signed":    signed,
+		"unsigned":  unsigned,
+		"zip64":     zip64,
+		"nested":    nested,
+		"sfx":       sfx,
+		"truncated": signed[:len(signed)/2],
+		"header":    plain[:40],
+	}
+}
+
+// tarFuzzSeeds are small tars of every format archive/tar writes, and one
+// with a zip inside.
+func tarFuzzSeeds(t testing.TB) map[string]any {
+	t0 := time.Unix(1700000000, 0)
+	files := []zipEntry{{name: "d/"}, {name: "d/f", data: prngBytes(1, 700)}, {name: "d/" + strings.Repeat("long/", 25) + "g", data: prngBytes(2, 10)}}
+	seeds := map[string]any{}
+	for _, f := range []tar.Format{tar.FormatUSTAR, tar.FormatPAX, tar.FormatGNU} {
+		fs := files
+		if f == tar.FormatUSTAR {
+			fs = files[:2]
+		}
+		b, _ := tarOf(t, f, t0, fs)
+		seeds[strings.ToLower(f.String())] = b
+	}
+	z, _ := buildZip([]zipEntry{{name: "z", data: prngBytes(3, 100)}})
+	b, _ := tarOf(t, tar.FormatPAX, t0, []zipEntry{{name: "p.zip", data: z}})
+	seeds["zip-in-tar"] = b
+	seeds["truncated"] = b[:700]
+	return seeds
+}
+
+// fuzzWalker checks what the archive chunker promises for any input: no
+// error, the chunks are the input in order, each 1 to Max bytes, and the same
+// cuts however the input is read.
+func fuzzWalker(t *testing.T, data []byte) {
+	p := ChunkParams{Min: 64, Avg: 256, Max: 1024}
+	checkRoundTrip(t, data, p)
+}
+
+// FuzzZipWalker: the archive chunker on ZIP-like input, and the local header
+// parser's bounds.
+func FuzzZipWalker(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if h, ok := parseZipLocal(data); ok && (h.hlen > len(data) || h.csize < zipUnknownLen) {
+			t.Fatalf("parseZipLocal: header of %d bytes in %d, compressed size %d", h.hlen, len(data), h.csize)
+		}
+		fuzzWalker(t, data)
+	})
+}
+
+// FuzzTarWalker: the archive chunker on tar-like input, and the header group
+// parser's bounds.
+func FuzzTarWalker(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if g, ok := parseTarGroup(data); ok && (g.hlen > len(data) || g.hlen%tarBlock != 0 || g.dataLen < 0) {
+			t.Fatalf("parseTarGroup: group of %d bytes in %d, data %d", g.hlen, len(data), g.dataLen)
+		}
+		fuzzWalker(t, data)
 	})
 }

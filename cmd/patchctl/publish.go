@@ -2,9 +2,12 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -34,6 +37,8 @@ func publishCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "supersedes", Usage: "release this one replaces (repeatable)"},
 			&cli.StringSliceFlag{Name: "requires", Usage: "release that must be installed first (repeatable)"},
 			&cli.StringFlag{Name: "out", Usage: "also write the signed envelope to `FILE`"},
+			&cli.StringFlag{Name: "chunking", Value: "archive", Usage: "`archive`: cut ZIP and tar members apart, so unchanged members cost nothing to ship again; cdc: plain content-defined chunking (manifests that agents before archive chunking read)"},
+			&cli.BoolFlag{Name: "explain", Usage: "list the archive members whose data was new"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
@@ -54,6 +59,15 @@ func publishCommand() *cli.Command {
 				}
 				opts.Install.Hook = []string{"/bin/sh", "-c", cmd}
 			}
+			switch c.String("chunking") {
+			case "archive":
+				opts.Ingest.Chunking = manifest.DefaultArchiveChunkParams
+			case "cdc":
+				opts.Ingest.Chunking = manifest.DefaultChunkParams
+			default:
+				return usageError("publish: --chunking is archive or cdc, not %q", c.String("chunking"))
+			}
+			opts.Ingest.Explain = c.Bool("explain")
 			for _, l := range c.StringSlice("label") {
 				k, v, ok := strings.Cut(l, "=")
 				if !ok {
@@ -124,31 +138,106 @@ func runPublish(c *cli.Context, g globals, keyFile string, paths []string, out s
 			return fmt.Errorf("published %s here, but handing it to the origin failed (run the same command again to resume): %w", res.Name, err)
 		}
 	}
+	changed := changedMembers(res.MemberStats)
 	if g.json {
-		return g.printJSON(map[string]any{
-			"origin":       handed,
-			"name":         res.Name,
-			"cid":          res.CID.String(),
-			"sequence":     res.Sequence,
-			"total_bytes":  res.TotalBytes,
-			"stored_bytes": res.StoredBytes,
-			"new_bytes":    res.NewBytes,
-			"chunks":       res.Chunks,
-			"seconds":      secs,
-		})
+		v := map[string]any{
+			"origin":           handed,
+			"name":             res.Name,
+			"cid":              res.CID.String(),
+			"sequence":         res.Sequence,
+			"total_bytes":      res.TotalBytes,
+			"stored_bytes":     res.StoredBytes,
+			"new_bytes":        res.NewBytes,
+			"new_file_bytes":   res.NewFileBytes,
+			"reused_bytes":     res.ReusedBytes,
+			"chunks":           res.Chunks,
+			"chunking":         chunkingName(opts.Ingest.Chunking),
+			"archives":         res.Archives,
+			"members":          res.Members,
+			"members_changed":  res.MembersChanged,
+			"header_bytes":     res.HeaderBytes,
+			"new_header_bytes": res.NewHeaderBytes,
+			"seconds":          secs,
+		}
+		if opts.Ingest.Explain {
+			list := make([]map[string]any, 0, len(changed))
+			for _, m := range changed {
+				list = append(list, map[string]any{
+					"file": m.File, "member": m.Name,
+					"data_bytes": m.DataBytes, "new_data_bytes": m.NewData,
+					"header_bytes": m.HeaderBytes, "new_header_bytes": m.NewHead,
+				})
+			}
+			v["changed_members"] = list
+		}
+		return g.printJSON(v)
 	}
 	fmt.Fprintf(g.stdout, "published %s (sequence %d)\n", res.Name, res.Sequence)
 	fmt.Fprintf(g.stdout, "manifest     %s\n", res.CID)
 	fmt.Fprintf(g.stdout, "total bytes  %d (%s)\n", res.TotalBytes, humanBytes(res.TotalBytes))
 	fmt.Fprintf(g.stdout, "stored bytes %d (%s, %d chunks)\n", res.StoredBytes, humanBytes(res.StoredBytes), res.Chunks)
 	fmt.Fprintf(g.stdout, "new bytes    %d (%s)\n", res.NewBytes, humanBytes(res.NewBytes))
+	fmt.Fprintf(g.stdout, "reused       %s of %s already stored (%.1f%%), %s new\n",
+		humanBytes(res.ReusedBytes), humanBytes(res.TotalBytes), percent(res.ReusedBytes, res.TotalBytes), humanBytes(res.NewFileBytes))
+	if res.Archives > 0 {
+		fmt.Fprintf(g.stdout, "archives     %d: %d members, %d with new data; headers %s, %s new\n",
+			res.Archives, res.Members, res.MembersChanged, humanBytes(res.HeaderBytes), humanBytes(res.NewHeaderBytes))
+	}
 	if out != "" {
 		fmt.Fprintf(g.stdout, "envelope     %s\n", out)
+	}
+	if opts.Ingest.Explain {
+		explainMembers(g.stdout, changed, res.Members)
 	}
 	if handed != nil {
 		fmt.Fprintf(g.stdout, "origin       sent %d chunks (%s); index version %d\n", handed.ChunksSent, humanBytes(handed.BytesSent), handed.IndexVersion)
 	}
 	return nil
+}
+
+// chunkingName is the --chunking value of params.
+func chunkingName(p manifest.ChunkParams) string {
+	if p.Method == manifest.ChunkingArchive {
+		return "archive"
+	}
+	return "cdc"
+}
+
+func percent(part, whole int64) float64 {
+	if whole == 0 {
+		return 0
+	}
+	return 100 * float64(part) / float64(whole)
+}
+
+// changedMembers returns the members whose data was at least in part new,
+// most new bytes first.
+func changedMembers(all []agent.MemberStat) []agent.MemberStat {
+	var out []agent.MemberStat
+	for _, m := range all {
+		if m.NewData > 0 {
+			out = append(out, m)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].NewData > out[j].NewData })
+	return out
+}
+
+// explainMembers prints the members whose data was new. A member whose
+// header alone is new (a new time stamp or folder name) costs only its
+// header and is not listed.
+func explainMembers(w io.Writer, changed []agent.MemberStat, members int) {
+	if members == 0 {
+		fmt.Fprintln(w, "no archive members: the files were cut by content-defined chunking alone")
+		return
+	}
+	fmt.Fprintf(w, "members with new data: %d of %d, most new bytes first\n", len(changed), members)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  new\tof\tfile\tmember")
+	for _, m := range changed {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", humanBytes(m.NewData), humanBytes(m.DataBytes), m.File, m.Name)
+	}
+	tw.Flush()
 }
 
 func humanBytes(n int64) string {
