@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -25,6 +26,9 @@ func indexCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringSliceFlag{Name: "key", Usage: "signing key `FILE` (repeatable, up to the trust root's threshold)", Required: true},
 					&cli.StringSliceFlag{Name: "site", Usage: "only this `SITE` fetches the releases (repeatable; default every site)"},
+					&cli.StringFlag{Name: "to", Usage: "also deploy the releases to the nodes `SELECTOR` matches (as patchctl deploy --to; empty is every node)"},
+					&cli.StringFlag{Name: "mode", Value: manifest.ModeAssigned, Usage: "with --to: assigned or available"},
+					&cli.StringFlag{Name: "window", Usage: "with --to: install only between `HH:MM-HH:MM`, the node's local time"},
 					&cli.StringFlag{Name: "channel", Value: "stable", Usage: "the index's channel"},
 					&cli.DurationFlag{Name: "lifetime", Value: 30 * 24 * time.Hour, Usage: "how long the index stays valid"},
 				},
@@ -52,6 +56,9 @@ func indexCommand() *cli.Command {
 						return g.printJSON(ix)
 					}
 					fmt.Fprintf(g.stdout, "index version %d, channel %s, expires %s\n", ix.Version, ix.Channel, ix.Expires.Format(time.RFC3339))
+					for _, d := range ix.Deployments {
+						fmt.Fprintf(g.stdout, "deployed %s %s to %q window %q\n", d.Release, d.Mode, d.Selector, d.Window)
+					}
 					for _, r := range ix.Releases {
 						fmt.Fprintf(g.stdout, "%s\t%s\tsequence %d\tsites %v\n", r.Name, r.CID, r.Sequence, r.Sites)
 					}
@@ -95,7 +102,22 @@ func runIndexAdd(c *cli.Context, g globals) error {
 	now := time.Now()
 	ix := &manifest.Index{Version: 1, Channel: c.String("channel"), Created: now, Expires: now.Add(c.Duration("lifetime"))}
 	if held != nil {
-		ix.Version, ix.Releases = held.Version+1, held.Releases
+		ix.Version, ix.Releases, ix.Deployments = held.Version+1, held.Releases, held.Deployments
+	}
+	var deploy *manifest.Deployment
+	if c.IsSet("to") {
+		sel, err := agent.ParseSelector(c.String("to"))
+		if err != nil {
+			return usageError("--to: %v", err)
+		}
+		win, err := agent.ParseWindow(c.String("window"))
+		if err != nil {
+			return usageError("--window: %v", err)
+		}
+		if m := c.String("mode"); m != manifest.ModeAssigned && m != manifest.ModeAvailable {
+			return usageError("--mode %q: want assigned or available", m)
+		}
+		deploy = &manifest.Deployment{Selector: sel.String(), Mode: c.String("mode"), Window: win.String()}
 	}
 	for _, name := range c.Args().Slice() {
 		r, err := cat.Get(name)
@@ -111,6 +133,13 @@ func runIndexAdd(c *cli.Context, g globals) error {
 		}
 		if !replaced {
 			ix.Releases = append(ix.Releases, entry)
+		}
+		if deploy != nil {
+			d := *deploy
+			d.Release = r.Name
+			if !slices.Contains(ix.Deployments, d) {
+				ix.Deployments = append(ix.Deployments, d)
+			}
 		}
 	}
 	env, err := manifest.SignIndex(ix, signers...)

@@ -335,3 +335,21 @@ func lastLine(log, s string) string {
 	}
 	return ""
 }
+
+func TestIndexAddDeploysWhatItListsOnTheOriginsMachine(t *testing.T) {
+	e := newEnv(t)
+	e.publish("--name", "HF-S041000005-012", "pack")
+	e.ok("index", "add", "--key", "release.key", "--to", "target=server,site=a", "--mode", "available", "HF-S041000005-012")
+	e.ok("index", "add", "--key", "release.key", "--to", "site=a,target=server", "--mode", "available", "HF-S041000005-012")
+	var ix struct {
+		Version     uint64
+		Deployments []struct{ Release, Selector, Mode string }
+	}
+	if err := json.Unmarshal([]byte(e.ok("index", "show", "--json")), &ix); err != nil {
+		t.Fatal(err)
+	}
+	if ix.Version != 2 || len(ix.Deployments) != 1 || ix.Deployments[0].Selector != "site=a,target=server" || ix.Deployments[0].Mode != "available" {
+		t.Errorf("index after adding the same deployment twice: %+v, want version 2 with one deployment in canonical form", ix)
+	}
+	e.fails(2, "target must be client or server", "index", "add", "--key", "release.key", "--to", "target=router", "HF-S041000005-012")
+}
