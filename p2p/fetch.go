@@ -34,7 +34,10 @@ type FetchConfig struct {
 	// 16, at most MaxChunkBatch).
 	BatchSize int
 	// InitialWindow is how many chunks may be in flight to a peer before
-	// its rate is known (default 2 batches).
+	// its rate is known (default half a batch). The window then follows
+	// the peer's rate, down to minWindow: a peer that shares a thin link
+	// with many others gets few chunks at a time, so that each arrives
+	// within the stall timeout instead of waiting behind a long batch.
 	InitialWindow int
 	// MaxWindow caps the chunks in flight to one peer (default 1024).
 	MaxWindow int
@@ -43,7 +46,7 @@ type FetchConfig struct {
 	// is never capped at window × chunk size / RTT: on a long link the
 	// window grows until the pipe is full.
 	QueueTime time.Duration
-	// StallTimeout abandons a request stream that delivers no chunk for
+	// StallTimeout abandons a request stream that delivers no byte for
 	// this long; its chunks go to other peers (default 15 s).
 	StallTimeout time.Duration
 	// MaxFailures is how many request streams to a peer may fail in a row
@@ -235,7 +238,7 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 		cfg.BatchSize = min(16, MaxChunkBatch)
 	}
 	if cfg.InitialWindow <= 0 {
-		cfg.InitialWindow = 2 * cfg.BatchSize
+		cfg.InitialWindow = max(minWindow, cfg.BatchSize/2)
 	}
 	if cfg.MaxWindow <= 0 {
 		cfg.MaxWindow = 1024
@@ -261,10 +264,14 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 		}
 	}
 	f := &fetch{
-		h:          h,
-		s:          s,
-		cfg:        cfg,
-		client:     &Client{Host: h, IdleTimeout: cfg.StallTimeout, ChunkTimeout: cfg.StallTimeout, Limiter: cfg.Limiter},
+		h:   h,
+		s:   s,
+		cfg: cfg,
+		// A stream stalls when no byte arrives for StallTimeout. A whole
+		// chunk may take far longer where dozens of nodes share a thin
+		// link (a 256 KiB chunk at a 5 KB/s share is 52 s), so the bound
+		// on one chunk only stops a peer that trickles forever.
+		client:     &Client{Host: h, IdleTimeout: cfg.StallTimeout, ChunkTimeout: max(cfg.StallTimeout, defaultChunkTimeout), Limiter: cfg.Limiter},
 		manifestID: manifestID,
 		ids:        ids,
 		sizes:      make([]int64, len(ids)),
@@ -449,6 +456,9 @@ func (f *fetch) goSend(fn func() fetchEvent) {
 // nothing is in flight, and either no usable peer is left or none has said
 // anything new for IdleTimeout.
 func (f *fetch) checkProgress() error {
+	if f.remaining == 0 {
+		return nil // done: the last chunk may arrive long after the last news
+	}
 	usable, waiting := 0, false
 	for _, p := range f.order {
 		if p.gone {
@@ -582,7 +592,7 @@ func (f *fetch) apply(ctx context.Context, ev fetchEvent) error {
 		}
 		if ev.err != nil && !p.gone && ctx.Err() == nil {
 			p.failures++
-			p.window = max(f.cfg.BatchSize, p.window/2)
+			p.window = max(minWindow, p.window/2)
 			if p.failures >= f.cfg.MaxFailures {
 				f.drop(p, ev.err.Error())
 			}
@@ -602,6 +612,11 @@ func (f *fetch) counted(p *fetchPeer, i, d int) {
 		}
 	}
 }
+
+// minWindow is the fewest chunks a peer's window allows in flight: enough
+// to keep a slow peer busy, few enough that on a link shared by dozens each
+// chunk arrives within the stall timeout.
+const minWindow = 4
 
 // countWire counts bytes received from p and updates its rate and window.
 func (f *fetch) countWire(p *fetchPeer, n int64) {
@@ -623,7 +638,7 @@ func (f *fetch) countWire(p *fetchPeer, n int64) {
 		p.sample, p.sampleAt = 0, now
 		avg := float64(f.bytesTotal) / float64(max(1, len(f.ids)))
 		w := int(p.rate * f.cfg.QueueTime.Seconds() / avg)
-		p.window = min(f.cfg.MaxWindow, max(f.cfg.InitialWindow, w))
+		p.window = min(f.cfg.MaxWindow, max(minWindow, w))
 	}
 }
 
@@ -679,7 +694,9 @@ func (f *fetch) schedule() {
 	for progress := true; progress; {
 		progress = false
 		for _, p := range f.order {
-			if p.gone || p.have == nil || p.window-p.inflight < min(f.cfg.BatchSize, f.remaining) {
+			// A batch goes out once a whole batch fits, or, for a
+			// window smaller than a batch, once the window is empty.
+			if p.gone || p.have == nil || p.window-p.inflight < min(f.cfg.BatchSize, f.remaining, p.window) {
 				continue
 			}
 			batch := f.pickRarest(p, min(f.cfg.BatchSize, p.window-p.inflight))
