@@ -41,6 +41,10 @@ type NodeConfig struct {
 	// DialTCP, if set, opens the host's outgoing TCP connections (see
 	// p2p.HostConfig).
 	DialTCP tcp.DialerForAddr
+	// Peers is how many peers the host holds connections to at once (see
+	// p2p.HostConfig); 0 is defaultServingPeers for an origin or proxy,
+	// libp2p's defaults for a node.
+	Peers int
 
 	// The fields below make the node an agent of a site that learns of
 	// releases by itself. Without a Root the node only serves what it has
@@ -71,6 +75,20 @@ type Node struct {
 	agent *agentState // nil unless cfg.Root is set
 }
 
+// defaultServingPeers is how many peers an origin or a proxy holds at once
+// unless told otherwise: every node of a large site, or the proxies of
+// thousands of sites, or an origin that nodes fetch from directly. libp2p's
+// defaults stop at 192 peers and 256 inbound connections, and a 500-node
+// test fleet of direct clients stalled on them.
+const defaultServingPeers = 4096
+
+func (cfg NodeConfig) peers() int {
+	if cfg.Peers == 0 && cfg.Root != nil && (cfg.Role == RoleOrigin || cfg.Role == RoleProxy) {
+		return defaultServingPeers
+	}
+	return cfg.Peers
+}
+
 // inFlight is a release being fetched, served to peers as its chunks arrive.
 type inFlight struct {
 	name     string
@@ -91,7 +109,7 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	if err := cfg.AgentConfig.validate(); err != nil {
 		return nil, err
 	}
-	hc := p2p.HostConfig{DataDir: cfg.DataDir, ListenAddrs: cfg.ListenAddrs, NetworkKey: cfg.NetworkKey, Gater: cfg.Gater, DialTCP: cfg.DialTCP}
+	hc := p2p.HostConfig{DataDir: cfg.DataDir, ListenAddrs: cfg.ListenAddrs, NetworkKey: cfg.NetworkKey, Gater: cfg.Gater, DialTCP: cfg.DialTCP, Peers: cfg.peers()}
 	if len(cfg.Allow) > 0 {
 		hc.Allow = p2p.NewAllowlist(cfg.Allow...)
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/connmgr"
@@ -22,7 +23,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	libp2pconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
@@ -65,6 +68,11 @@ type HostConfig struct {
 	// listen ports. Off by default: nodes reach the WAN through their
 	// site's proxy, which an operator configures.
 	NATPortMap bool
+	// Peers is how many peers the host must hold connections to at once,
+	// such as every node of a large site for its proxy; 0 keeps libp2p's
+	// defaults, which trim beyond 192 peers and, on a machine with 24 GiB
+	// of memory, admit 256 inbound connections in all.
+	Peers int
 	// DialTCP, if set, opens every outgoing TCP connection in place of the
 	// operating system's dialer; test networks use it to run connections
 	// through links shaped like a site's WAN.
@@ -134,6 +142,13 @@ func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 	}
 	if cfg.NATPortMap {
 		opts = append(opts, libp2p.NATPortMap())
+	}
+	if cfg.Peers > 0 {
+		more, err := roomForPeers(cfg.Peers)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, more...)
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
@@ -334,6 +349,31 @@ func (a *Allowlist) InterceptSecured(_ network.Direction, p peer.ID, _ network.C
 // InterceptUpgraded admits every connection that got this far.
 func (a *Allowlist) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
 	return true, 0
+}
+
+// roomForPeers returns the options that let a host hold peers connections:
+// a connection manager that trims only beyond them, and resource limits
+// whose connection and stream counts grow with them. Memory stays bounded
+// by libp2p's limits scaled to the machine, so a flood of peers runs into
+// those rather than the node's memory.
+func roomForPeers(peers int) ([]libp2p.Option, error) {
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	scaled := limits.AutoScale()
+	conns := rcmgr.LimitVal(2 * peers)
+	streams := rcmgr.LimitVal(16 * peers)
+	more := rcmgr.ResourceLimits{Conns: conns, ConnsInbound: conns, ConnsOutbound: conns, Streams: streams, StreamsInbound: streams, StreamsOutbound: streams}
+	limiter := rcmgr.NewFixedLimiter(rcmgr.PartialLimitConfig{System: more, Transient: more}.Build(scaled))
+	mgr, err := rcmgr.NewResourceManager(limiter)
+	if err != nil {
+		return nil, err
+	}
+	cm, err := libp2pconnmgr.NewConnManager(peers, peers+peers/4, libp2pconnmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		mgr.Close()
+		return nil, err
+	}
+	return []libp2p.Option{libp2p.ResourceManager(mgr), libp2p.ConnectionManager(cm)}, nil
 }
 
 // gaters passes a connection only if every gater does.
