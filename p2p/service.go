@@ -1,14 +1,20 @@
 package p2p
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"runtime/debug"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 )
 
 // defaultIdleTimeout is how long a handler or client waits for a peer to make
@@ -29,6 +35,43 @@ func readRequest(s network.Stream, idle time.Duration, limit int) (*deadlineStre
 	}
 	putReader(br)
 	return ds, p, err
+}
+
+// writeJSONAnswer writes the one response frame of a JSON protocol: StatusOK
+// and v, which must fit in limit bytes with its status byte.
+func writeJSONAnswer(w io.Writer, what string, v any, limit int) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if len(body) > limit-1 {
+		return fmt.Errorf("%s of %d bytes: %w", what, len(body), ErrFrameTooLarge)
+	}
+	bw := bufio.NewWriter(w)
+	if err := writeFrameParts(bw, []byte{byte(StatusOK)}, body); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// callJSON sends req as JSON (at most limit bytes) on a stream of pid to p
+// and returns the body of a StatusOK answer, for the caller to decode.
+func (c *Client) callJSON(ctx context.Context, p peer.ID, pid protocol.ID, what string, req any, limit int) ([]byte, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > limit {
+		return nil, fmt.Errorf("%s of %d bytes: %w", what, len(b), ErrFrameTooLarge)
+	}
+	st, body, err := c.call(ctx, p, pid, b, limit, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.err(); err != nil {
+		return nil, fmt.Errorf("%s to %s: %w", what, p, err)
+	}
+	return body, nil
 }
 
 // handlers runs the stream handlers of one service, so that Close can end

@@ -1,9 +1,7 @@
 package p2p
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -291,18 +289,7 @@ func (ss *StatusService) handle(ctx context.Context, s network.Stream) error {
 		answer = &StatusAnswer{}
 	}
 	answer.Retry = answer.Retry[:min(len(answer.Retry), MaxRetryOrders)]
-	body, err := json.Marshal(answer)
-	if err != nil {
-		return err
-	}
-	if len(body) > MaxStatusMessage-1 {
-		return fmt.Errorf("status answer of %d bytes: %w", len(body), ErrFrameTooLarge)
-	}
-	bw := bufio.NewWriter(ds)
-	if err := writeFrameParts(bw, []byte{byte(StatusOK)}, body); err != nil {
-		return err
-	}
-	return bw.Flush()
+	return writeJSONAnswer(ds, "status answer", answer, MaxStatusMessage)
 }
 
 // ReportStatus sends report to p, an upstream, and returns its answer.
@@ -310,19 +297,9 @@ func (c *Client) ReportStatus(ctx context.Context, p peer.ID, report *StatusRepo
 	if err := report.Validate(); err != nil {
 		return nil, err
 	}
-	req, err := json.Marshal(report)
+	body, err := c.callJSON(ctx, p, StatusProtocol, "status report", report, MaxStatusMessage)
 	if err != nil {
 		return nil, err
-	}
-	if len(req) > MaxStatusMessage {
-		return nil, fmt.Errorf("status report of %d bytes: %w", len(req), ErrFrameTooLarge)
-	}
-	st, body, err := c.call(ctx, p, StatusProtocol, req, MaxStatusMessage, true)
-	if err != nil {
-		return nil, err
-	}
-	if err := st.err(); err != nil {
-		return nil, fmt.Errorf("status %s: %w", p, err)
 	}
 	a, err := DecodeStatusAnswer(body)
 	if err != nil {

@@ -1,7 +1,6 @@
 package p2p
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -248,18 +247,7 @@ func (ts *TrackerService) handle(ctx context.Context, s network.Stream) error {
 		ts.g.log.Warn("p2p: tracker failed", "err", err)
 		return WriteFrame(ds, []byte{byte(StatusUnavailable)})
 	}
-	body, err := json.Marshal(NewTrackerAnswer(res))
-	if err != nil {
-		return err
-	}
-	if len(body) > MaxTrackerMessage-1 {
-		return fmt.Errorf("tracker answer of %d bytes: %w", len(body), ErrFrameTooLarge)
-	}
-	bw := bufio.NewWriter(ds)
-	if err := writeFrameParts(bw, []byte{byte(StatusOK)}, body); err != nil {
-		return err
-	}
-	return bw.Flush()
+	return writeJSONAnswer(ds, "tracker answer", NewTrackerAnswer(res), MaxTrackerMessage)
 }
 
 // Track sends report to the tracker p and returns the peers it names and
@@ -268,19 +256,9 @@ func (c *Client) Track(ctx context.Context, p peer.ID, report *TrackerReport) (T
 	if err := report.Validate(); err != nil {
 		return TrackResult{}, err
 	}
-	req, err := json.Marshal(report)
+	body, err := c.callJSON(ctx, p, TrackerProtocol, "tracker report", report, MaxTrackerMessage)
 	if err != nil {
 		return TrackResult{}, err
-	}
-	if len(req) > MaxTrackerMessage {
-		return TrackResult{}, fmt.Errorf("tracker report of %d bytes: %w", len(req), ErrFrameTooLarge)
-	}
-	st, body, err := c.call(ctx, p, TrackerProtocol, req, MaxTrackerMessage, true)
-	if err != nil {
-		return TrackResult{}, err
-	}
-	if err := st.err(); err != nil {
-		return TrackResult{}, fmt.Errorf("tracker %s: %w", p, err)
 	}
 	res, err := DecodeTrackerAnswer(body)
 	if err != nil {
