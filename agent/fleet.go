@@ -68,9 +68,6 @@ func (n *Node) FleetStatus(release string) (FleetStatus, error) {
 		return FleetStatus{}, errors.New("a node has no fleet view; ask the origin")
 	}
 	sites := a.sitesBelow()
-	if n.cfg.Role == RoleOrigin {
-		sites = sites[1:] // the origin's own "site" has no nodes
-	}
 	a.mu.Lock()
 	ix := a.held
 	a.mu.Unlock()

@@ -253,8 +253,6 @@ func (a *agentState) importMarkers() error {
 	return nil
 }
 
-func unmarshalJSON(b []byte, v any) error { return json.Unmarshal(b, v) }
-
 // About is a node's list of installed and retired releases.
 type About struct {
 	Installed []AboutEntry `json:"installed"`

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -239,18 +240,9 @@ func (a *agentState) reconcileNode() {
 // runRelease takes one release deployed to this node as far as it can go
 // now. It returns an error only for a download that should be retried.
 func (a *agentState) runRelease(e manifest.IndexEntry, p plan) error {
-	target := a.n.cfg.Target
-	d, err := Decide(e.Name, target, a.installedNames())
-	if err != nil {
-		a.setLife(e.Name, p2p.StateRefused, err.Error())
-		return nil
-	}
-	switch d.Action {
-	case ActionInstalled:
-		a.setLife(e.Name, p2p.StateInstalled, "")
-		return nil
-	case ActionRefused:
-		a.setLife(e.Name, p2p.StateRefused, d.Reason)
+	// A hotfix waiting for its service pack downloads meanwhile, so it
+	// installs as soon as the pack is in.
+	if _, settled := a.decide(e.Name, false); settled {
 		return nil
 	}
 	m, id, err := a.download(e)
@@ -261,20 +253,8 @@ func (a *agentState) runRelease(e manifest.IndexEntry, p plan) error {
 	// service pack installed meanwhile changes the verdict on a hotfix.
 	a.installMu.Lock()
 	defer a.installMu.Unlock()
-	d, err = Decide(e.Name, target, a.installedNames())
-	if err != nil {
-		a.setLife(e.Name, p2p.StateRefused, err.Error())
-		return nil
-	}
-	switch d.Action {
-	case ActionInstalled:
-		a.setLife(e.Name, p2p.StateInstalled, "")
-		return nil
-	case ActionRefused:
-		a.setLife(e.Name, p2p.StateRefused, d.Reason)
-		return nil
-	case ActionBlocked:
-		a.setLife(e.Name, p2p.StateBlocked, d.Reason)
+	d, settled := a.decide(e.Name, true)
+	if settled {
 		return nil
 	}
 	a.mu.Lock()
@@ -318,6 +298,26 @@ func (a *agentState) runRelease(e manifest.IndexEntry, p plan) error {
 	// A hotfix blocked on this service pack may go now.
 	a.after(0, a.reconcile)
 	return nil
+}
+
+// decide applies the pack rules to name on this node and records a verdict
+// that ends the work for now: installed already, refused, or (with
+// blockedToo) blocked. It reports whether it did.
+func (a *agentState) decide(name string, blockedToo bool) (Decision, bool) {
+	d, err := Decide(name, a.n.cfg.Target, a.installedNames())
+	switch {
+	case err != nil:
+		a.setLife(name, p2p.StateRefused, err.Error())
+	case d.Action == ActionInstalled:
+		a.setLife(name, p2p.StateInstalled, "")
+	case d.Action == ActionRefused:
+		a.setLife(name, p2p.StateRefused, d.Reason)
+	case d.Action == ActionBlocked && blockedToo:
+		a.setLife(name, p2p.StateBlocked, d.Reason)
+	default:
+		return d, false
+	}
+	return d, true
 }
 
 // after runs fn after d unless the agent stops first.
@@ -543,7 +543,7 @@ func (a *agentState) loadLifecycle() error {
 	}
 	return a.db.each(bucketReleases, func(name string, v []byte) error {
 		var prog releaseProgress
-		if err := unmarshalJSON(v, &prog); err != nil {
+		if err := json.Unmarshal(v, &prog); err != nil {
 			return fmt.Errorf("release %s: %w", name, err)
 		}
 		a.progress[name] = prog

@@ -89,28 +89,33 @@ func (a *agentState) reportUp() {
 }
 
 // sitesBelow returns a proxy's own site as its nodes reported it, and the
-// sites the proxies below it reported.
+// sites the proxies below it reported; the origin has no site of its own.
 func (a *agentState) sitesBelow() []p2p.SiteStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	own := p2p.SiteStatus{Site: a.n.cfg.Site, Proxy: a.n.Host.ID().String(), Nodes: []p2p.NodeStatus{}, Reported: a.now().UTC()}
-	for name, st := range a.states {
-		if st.State == p2p.StateHave {
-			own.Replicated = append(own.Replicated, name)
-		}
-	}
-	slices.Sort(own.Replicated)
-	for _, m := range a.members {
-		own.Nodes = append(own.Nodes, m.status)
-	}
-	slices.SortFunc(own.Nodes, func(x, y p2p.NodeStatus) int { return strings.Compare(x.ID, y.ID) })
-	out := []p2p.SiteStatus{own}
+	var others []p2p.SiteStatus
 	for name, s := range a.sites {
-		if name != own.Site {
-			out = append(out, s)
+		if a.n.cfg.Role != RoleProxy || name != a.n.cfg.Site {
+			others = append(others, s)
 		}
 	}
-	slices.SortFunc(out[1:], func(x, y p2p.SiteStatus) int { return strings.Compare(x.Site, y.Site) })
+	slices.SortFunc(others, func(x, y p2p.SiteStatus) int { return strings.Compare(x.Site, y.Site) })
+	var out []p2p.SiteStatus
+	if a.n.cfg.Role == RoleProxy {
+		own := p2p.SiteStatus{Site: a.n.cfg.Site, Proxy: a.n.Host.ID().String(), Nodes: []p2p.NodeStatus{}, Reported: a.now().UTC()}
+		for name, st := range a.states {
+			if st.State == p2p.StateHave {
+				own.Replicated = append(own.Replicated, name)
+			}
+		}
+		slices.Sort(own.Replicated)
+		for _, m := range a.members {
+			own.Nodes = append(own.Nodes, m.status)
+		}
+		slices.SortFunc(own.Nodes, func(x, y p2p.NodeStatus) int { return strings.Compare(x.ID, y.ID) })
+		out = append(out, own)
+	}
+	out = append(out, others...)
 	return out[:min(len(out), p2p.MaxStatusSites)]
 }
 
