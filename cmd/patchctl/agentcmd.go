@@ -73,9 +73,6 @@ func runAgent(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if cfg.MaxUploadRate = c.Int("max-upload-rate"); cfg.MaxUploadRate < 0 {
-		return usageError("--max-upload-rate must not be negative")
-	}
 	if err := agentFlags(c, &cfg); err != nil {
 		return err
 	}

@@ -22,9 +22,13 @@ func swarmFlags() []cli.Flag {
 	}
 }
 
-// nodeConfig reads the swarm flags.
+// nodeConfig reads the swarm flags, and --max-upload-rate where a command
+// has it.
 func nodeConfig(c *cli.Context, g globals) (agent.NodeConfig, error) {
-	cfg := agent.NodeConfig{DataDir: g.dataDir, ListenAddrs: c.StringSlice("listen")}
+	cfg := agent.NodeConfig{DataDir: g.dataDir, ListenAddrs: c.StringSlice("listen"), MaxUploadRate: c.Int("max-upload-rate")}
+	if cfg.MaxUploadRate < 0 {
+		return cfg, usageError("--max-upload-rate must not be negative")
+	}
 	if f := c.String("network-key"); f != "" {
 		data, err := os.ReadFile(f)
 		if err != nil {
@@ -60,9 +64,6 @@ func serveCommand() *cli.Command {
 			cfg, err := nodeConfig(c, g)
 			if err != nil {
 				return err
-			}
-			if cfg.MaxUploadRate = c.Int("max-upload-rate"); cfg.MaxUploadRate < 0 {
-				return usageError("--max-upload-rate must not be negative")
 			}
 			n, err := agent.StartNode(c.Context, cfg)
 			if err != nil {
