@@ -695,8 +695,10 @@ func (f *fetch) schedule() {
 		progress = false
 		for _, p := range f.order {
 			// A batch goes out once a whole batch fits, or, for a
-			// window smaller than a batch, once the window is empty.
-			if p.gone || p.have == nil || p.window-p.inflight < min(f.cfg.BatchSize, f.remaining, p.window) {
+			// window smaller than two batches, once half the window is
+			// free: one half travels while the other is asked for, so a
+			// small window on a long link is not stop-and-wait.
+			if p.gone || p.have == nil || p.window-p.inflight < min(f.cfg.BatchSize, f.remaining, max(1, p.window/2)) {
 				continue
 			}
 			batch := f.pickRarest(p, min(f.cfg.BatchSize, p.window-p.inflight))
