@@ -34,6 +34,11 @@ type groupCommit struct {
 	waiting int   // entries in queue whose writer waits for them
 	forced  bool  // a flush of everything queued was requested
 	leading bool
+	// volatile skips the flush on a memory file system, where it makes
+	// nothing durable: tmpfs loses every file at power-off however often
+	// it is synced. On a shared tmpfs, such as a testnet's hundreds of
+	// stores, each syncfs also walks every other store's inodes.
+	volatile bool
 }
 
 // groupBytes is how much a Batch lets queue before one of its writers
@@ -77,7 +82,10 @@ func (g *groupCommit) lead(fsDir string, force bool) {
 		batch := g.queue
 		g.queue, g.queued, g.waiting, g.forced = nil, 0, 0, false
 		g.mu.Unlock()
-		err := syncfs(fsDir)
+		var err error
+		if !g.volatile {
+			err = syncfs(fsDir)
+		}
 		for _, e := range batch {
 			if err != nil {
 				e.done <- err
@@ -98,6 +106,15 @@ func (g *groupCommit) commitNow(fsDir, tmp, final string) error {
 	g.enqueue(e)
 	g.lead(fsDir, false)
 	return <-e.done
+}
+
+// inMemory reports whether dir is on a memory file system (tmpfs or ramfs).
+func inMemory(dir string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return false
+	}
+	return st.Type == unix.TMPFS_MAGIC || st.Type == unix.RAMFS_MAGIC
 }
 
 func syncfs(dir string) error {

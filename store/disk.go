@@ -73,6 +73,7 @@ func OpenDisk(dir string) (*Disk, error) {
 			return nil, fmt.Errorf("open store: %w", err)
 		}
 	}
+	d.commit.volatile = inMemory(d.chunks)
 	// The directories themselves must survive a crash before any chunk
 	// renamed into them can.
 	for _, p := range []string{dir, d.chunks, d.pins} {
@@ -244,6 +245,9 @@ func (d *Disk) Sync(ctx context.Context) error {
 	dirty := d.dirty
 	d.dirty = make(map[string]struct{})
 	d.mu.Unlock()
+	if d.commit.volatile {
+		return nil
+	}
 	// One syncfs makes every directory entry durable at once: with more
 	// than a few directories it beats an fsync each (a publish dirties all
 	// 256 shards, ~0.4 ms apiece here).
