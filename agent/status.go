@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
@@ -159,14 +161,37 @@ func (a *agentState) Track(_ context.Context, from peer.ID, r *p2p.TrackerReport
 		}
 		a.changed()
 	}
-	rand.Shuffle(len(candidates), func(i, j int) { candidates[i], candidates[j] = candidates[j], candidates[i] })
-	candidates = candidates[:min(len(candidates), maxSwarmPeers)]
+	candidates = swarmPeers(from, candidates, maxSwarmPeers)
 	infos := make([]peer.AddrInfo, 0, len(candidates))
 	for _, id := range candidates {
 		infos = append(infos, peer.AddrInfo{ID: id, Addrs: a.n.Host.Peerstore().Addrs(id)})
 	}
 	a.updatePins()
 	return p2p.TrackResult{Peers: infos, Retry: retry}, nil
+}
+
+// swarmPeers chooses up to n of candidates for node from to swarm with: those
+// whose pair with from hashes lowest. The choice is stable, so a node asking
+// again while it fetches is named the peers it already has instead of new
+// ones to dial, and symmetric in the pair, so two nodes that chose each
+// other share one connection: a site whose nodes were named fresh random
+// peers every tracker period ended up dialling nearly every other node of
+// the site, two connections a pair.
+func swarmPeers(from peer.ID, candidates []peer.ID, n int) []peer.ID {
+	score := func(other peer.ID) uint64 {
+		x, y := string(from), string(other)
+		if y < x {
+			x, y = y, x
+		}
+		sum := sha256.Sum256([]byte(x + y))
+		return binary.BigEndian.Uint64(sum[:8])
+	}
+	scores := make(map[peer.ID]uint64, len(candidates))
+	for _, c := range candidates {
+		scores[c] = score(c)
+	}
+	slices.SortFunc(candidates, func(a, b peer.ID) int { return cmp.Compare(scores[a], scores[b]) })
+	return candidates[:min(len(candidates), n)]
 }
 
 func sameDeployments(x, y []p2p.DeploymentStatus) bool {
