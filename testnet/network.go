@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,8 +48,17 @@ type Config struct {
 	// NoSwarm makes the nodes fetch from the origin only, through their
 	// site's WAN, and leaves the sites without proxies: the baseline.
 	NoSwarm bool
-	// SiblingProxies lets the proxies of all sites share chunks.
+	// SiblingProxies lets the proxies of neighbouring sites share chunks:
+	// the sites are cut, in order, into groups of at most SiblingGroup
+	// (default 4), and each proxy names the others of its group as its
+	// siblings. Every proxy of a group sends on the others' parts over its
+	// own WAN uplink, (g-1)/g of a copy for a group of g: the uplinks of a
+	// group of 20 would have to run at 95% for the whole distribution,
+	// while a group of 4 leaves them a quarter spare, and each proxy keeps
+	// 3 sibling connections instead of 19. The origin sends one copy per
+	// group.
 	SiblingProxies bool
+	SiblingGroup   int
 	// CacheQuota bounds each proxy's chunks (0: no bound).
 	CacheQuota int64
 	// PollInterval is the agents' poll interval (default 1 s).
@@ -222,10 +232,8 @@ func (n *Network) configure(m *Member) {
 		cfg.Upstreams = []peer.AddrInfo{{ID: n.Origin.id}}
 		cfg.CacheQuota = n.cfg.CacheQuota
 		if n.cfg.SiblingProxies {
-			for _, s := range n.Sites {
-				if s != m.Site {
-					cfg.Siblings = append(cfg.Siblings, peer.AddrInfo{ID: s.Proxy.id})
-				}
+			for _, s := range n.siblingsOf(m.Site) {
+				cfg.Siblings = append(cfg.Siblings, peer.AddrInfo{ID: s.Proxy.id})
 			}
 		}
 	case agent.RoleNode:
@@ -393,6 +401,29 @@ func (n *Network) dial(ctx context.Context, from *Member, addr string) (net.Conn
 	n.links[c] = [2]*Member{from, dst}
 	return c, nil
 }
+
+// siblingsOf returns the other sites of s's sibling group: the sites are cut
+// in order into as few groups of at most SiblingGroup as will do, of sizes
+// that differ by at most one.
+func (n *Network) siblingsOf(s *Site) []*Site {
+	size := n.cfg.SiblingGroup
+	if size <= 0 {
+		size = defaultSiblingGroup
+	}
+	groups := (len(n.Sites) + size - 1) / size
+	group := func(i int) int { return i * groups / len(n.Sites) }
+	me := slices.Index(n.Sites, s)
+	var out []*Site
+	for i, o := range n.Sites {
+		if o != s && group(i) == group(me) {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// defaultSiblingGroup is how many sites' proxies share by default.
+const defaultSiblingGroup = 4
 
 // tcpAddr returns the first TCP loopback address of addrs as host:port.
 func tcpAddr(addrs []ma.Multiaddr) (string, error) {

@@ -117,15 +117,22 @@ func Installed(m *Member, name string) bool {
 // WaitInstalled waits until every node of sites has installed rel, that very
 // manifest and not another version of the name, or ctx ends.
 func (n *Network) WaitInstalled(ctx context.Context, rel *Release, sites ...*Site) error {
-	t := time.NewTicker(20 * time.Millisecond)
+	// Every 50 ms, and only the nodes not yet seen done: the check itself
+	// must not load a network of hundreds of nodes.
+	t := time.NewTicker(50 * time.Millisecond)
+	done := make(map[*Member]bool)
 	defer t.Stop()
 	for {
 		missing := 0
 		var failed []string
 		for _, s := range sites {
 			for _, m := range s.Nodes {
+				if done[m] {
+					continue
+				}
 				st := stateOf(m, rel.Name)
 				if st.CID == rel.Entry.CID && st.State == p2p.StateInstalled {
+					done[m] = true
 					continue
 				}
 				missing++
