@@ -171,20 +171,9 @@ func deployCommand() *cli.Command {
 			}
 			g := globalsOf(c)
 			name := c.Args().First()
-			sel, err := agent.ParseSelector(c.String("to"))
+			d, err := deploymentFlags(c, name)
 			if err != nil {
-				return usageError("--to: %v", err)
-			}
-			win, err := agent.ParseWindow(c.String("window"))
-			if err != nil {
-				return usageError("--window: %v", err)
-			}
-			mode := c.String("mode")
-			if mode != manifest.ModeAssigned && mode != manifest.ModeAvailable {
-				return usageError("--mode %q: want assigned or available", mode)
-			}
-			if !win.IsZero() && mode != manifest.ModeAssigned {
-				return usageError("--window applies to assigned deployments; an available one installs when asked")
+				return err
 			}
 			key, err := readPrivateKey(c.String("key"))
 			if err != nil {
@@ -208,7 +197,6 @@ func deployCommand() *cli.Command {
 			if _, ok := held.Lookup(name); !ok {
 				return fmt.Errorf("release %s is not in the origin's index; publish it there first (publish --origin): %w", name, agent.ErrReleaseNotFound)
 			}
-			d := manifest.Deployment{Release: name, Selector: sel.String(), Mode: mode, Window: win.String()}
 			if slices.Contains(held.Deployments, d) {
 				return printDeploy(g, d, held.Version, false)
 			}
@@ -221,6 +209,27 @@ func deployCommand() *cli.Command {
 			return printDeploy(g, d, ix.Version, true)
 		},
 	}
+}
+
+// deploymentFlags reads --to, --mode and --window into a deployment of
+// release, in the canonical form of each.
+func deploymentFlags(c *cli.Context, release string) (manifest.Deployment, error) {
+	sel, err := agent.ParseSelector(c.String("to"))
+	if err != nil {
+		return manifest.Deployment{}, usageError("--to: %v", err)
+	}
+	win, err := agent.ParseWindow(c.String("window"))
+	if err != nil {
+		return manifest.Deployment{}, usageError("--window: %v", err)
+	}
+	mode := c.String("mode")
+	if mode != manifest.ModeAssigned && mode != manifest.ModeAvailable {
+		return manifest.Deployment{}, usageError("--mode %q: want assigned or available", mode)
+	}
+	if !win.IsZero() && mode != manifest.ModeAssigned {
+		return manifest.Deployment{}, usageError("--window applies to assigned deployments; an available one installs when asked")
+	}
+	return manifest.Deployment{Release: release, Selector: sel.String(), Mode: mode, Window: win.String()}, nil
 }
 
 func printDeploy(g globals, d manifest.Deployment, version uint64, added bool) error {

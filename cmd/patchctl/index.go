@@ -106,18 +106,11 @@ func runIndexAdd(c *cli.Context, g globals) error {
 	}
 	var deploy *manifest.Deployment
 	if c.IsSet("to") {
-		sel, err := agent.ParseSelector(c.String("to"))
+		d, err := deploymentFlags(c, "")
 		if err != nil {
-			return usageError("--to: %v", err)
+			return err
 		}
-		win, err := agent.ParseWindow(c.String("window"))
-		if err != nil {
-			return usageError("--window: %v", err)
-		}
-		if m := c.String("mode"); m != manifest.ModeAssigned && m != manifest.ModeAvailable {
-			return usageError("--mode %q: want assigned or available", m)
-		}
-		deploy = &manifest.Deployment{Selector: sel.String(), Mode: c.String("mode"), Window: win.String()}
+		deploy = &d
 	}
 	for _, name := range c.Args().Slice() {
 		r, err := cat.Get(name)
