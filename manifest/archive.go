@@ -3,7 +3,6 @@ package manifest
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"io"
 	"math"
 )
@@ -175,16 +174,10 @@ func NewArchiveChunker(r io.Reader, p ChunkParams) *ArchiveChunker {
 // stream, and a read error is returned as soon as it is seen.
 func (a *ArchiveChunker) Next() ([]byte, error) {
 	c := a.c
-	if c.end-c.start < c.look && c.err == nil {
-		c.fill()
+	data, err := c.unconsumed()
+	if err != nil {
+		return nil, err
 	}
-	if c.err != nil && !errors.Is(c.err, io.EOF) {
-		return nil, c.err
-	}
-	if c.end == c.start {
-		return nil, io.EOF
-	}
-	data := c.buf[c.start:c.end]
 	n := a.cut(data, c.err != nil)
 	c.start += n
 	a.pos += int64(n)

@@ -298,12 +298,7 @@ func TestArchiveChunkerDedupesUnchangedZipMembers(t *testing.T) {
 			v1, _ := buildZip(treeEntries("1.0.0", 300, nil, style))
 			es2 := treeEntries("1.0.1", 300, changed, style)
 			v2, layout := buildZip(es2)
-			ideal := int64(len(v2))
-			for i, l := range layout {
-				if i == 0 || !changed[i-1] {
-					ideal -= l.end - l.data
-				}
-			}
+			ideal := idealNewBytes(v2, layout, changed)
 			newBytes, _ := newBytesBetween(t, v1, v2, NewArchiveChunkerFunc)
 			cdcNew, _ := newBytesBetween(t, v1, v2, NewChunkerFunc)
 			t.Logf("new bytes %d (plain CDC %d) of %d; ideal %d", newBytes, cdcNew, len(v2), ideal)
@@ -352,6 +347,19 @@ func newBytesBetween(t testing.TB, v1, v2 []byte, mk chunkerFunc) (int64, int) {
 }
 
 // tarOf writes files with archive/tar in the given format, all stamped t0.
+// idealNewBytes is what a second version must store at the least: the whole
+// archive but the data of the members it did not change. The members are
+// those of treeEntries: a directory first, then file i at layout[i+1].
+func idealNewBytes(archive []byte, layout []zipLayout, changed map[int]bool) int64 {
+	ideal := int64(len(archive))
+	for i, l := range layout {
+		if i == 0 || !changed[i-1] {
+			ideal -= l.end - l.data
+		}
+	}
+	return ideal
+}
+
 func tarOf(t testing.TB, format tar.Format, t0 time.Time, files []zipEntry) ([]byte, []zipLayout) {
 	t.Helper()
 	var buf bytes.Buffer
@@ -424,12 +432,7 @@ func TestArchiveChunkerDedupesUnchangedTarMembers(t *testing.T) {
 		t.Run(format.String(), func(t *testing.T) {
 			v1, _ := tarOf(t, format, time.Unix(1700000000, 0), treeEntries("1.0.0", 300, nil, descNone))
 			v2, layout := tarOf(t, format, time.Unix(1700090000, 0), treeEntries("1.0.1", 300, changed, descNone))
-			ideal := int64(len(v2))
-			for i, l := range layout {
-				if i == 0 || !changed[i-1] {
-					ideal -= l.end - l.data
-				}
-			}
+			ideal := idealNewBytes(v2, layout, changed)
 			newBytes, _ := newBytesBetween(t, v1, v2, NewArchiveChunkerFunc)
 			cdcNew, _ := newBytesBetween(t, v1, v2, NewChunkerFunc)
 			t.Logf("new bytes %d (plain CDC %d) of %d; ideal %d", newBytes, cdcNew, len(v2), ideal)

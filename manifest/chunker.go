@@ -149,6 +149,19 @@ func newChunker(r io.Reader, p ChunkParams, look int) *Chunker {
 // as soon as it is seen, without the chunks still buffered: their boundaries
 // may depend on bytes the reader never delivered.
 func (c *Chunker) Next() ([]byte, error) {
+	data, err := c.unconsumed()
+	if err != nil {
+		return nil, err
+	}
+	cut := c.boundary(data)
+	c.start += cut
+	return data[:cut], nil
+}
+
+// unconsumed fills the buffer as far as the look-ahead needs and returns the
+// bytes not yet cut: io.EOF once there are none, a read error as soon as it
+// is seen.
+func (c *Chunker) unconsumed() ([]byte, error) {
 	if c.end-c.start < c.look && c.err == nil {
 		c.fill()
 	}
@@ -158,10 +171,7 @@ func (c *Chunker) Next() ([]byte, error) {
 	if c.end == c.start {
 		return nil, io.EOF
 	}
-	cut := c.boundary(c.buf[c.start:c.end])
-	chunk := c.buf[c.start : c.start+cut]
-	c.start += cut
-	return chunk, nil
+	return c.buf[c.start:c.end], nil
 }
 
 // maxEmptyReads is how many reads in a row may return no data and no error
