@@ -607,29 +607,11 @@ func (a *agentState) reconcile() {
 		if st.CID == e.CID && st.State == p2p.StateHave {
 			continue
 		}
-		a.working[e.Name] = true
 		a.states[e.Name] = ReleaseState{Name: e.Name, CID: e.CID, State: p2p.StateFetching}
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			err := a.replicate(e)
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			delete(a.working, e.Name)
-			if err == nil {
-				delete(a.attempts, e.Name)
-				return
-			}
+		a.work(e.Name, func() error { return a.replicate(e) }, func(err error, backoff time.Duration) {
 			a.states[e.Name] = ReleaseState{Name: e.Name, CID: e.CID, State: StateFailed, Error: err.Error()}
-			if a.ctx.Err() != nil {
-				return
-			}
-			// Retry soon, then less often, and at least at every poll.
-			a.attempts[e.Name]++
-			backoff := min(a.pollInterval(), time.Second<<min(a.attempts[e.Name]-1, 10))
 			a.log.Warn("agent: release failed; retrying", "release", e.Name, "in", backoff, "err", err)
-			time.AfterFunc(backoff, a.reconcile)
-		}()
+		})
 	}
 }
 

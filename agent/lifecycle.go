@@ -212,29 +212,40 @@ func (a *agentState) reconcileNode() {
 		case p2p.StateInstalled, p2p.StateRestartRequired, p2p.StateRetired, p2p.StateFailed:
 			continue
 		}
-		a.working[e.Name] = true
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			err := a.runRelease(e, p)
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			delete(a.working, e.Name)
-			if err == nil {
-				delete(a.attempts, e.Name)
-				return
-			}
-			if a.ctx.Err() != nil {
-				return
-			}
-			a.attempts[e.Name]++
-			backoff := min(a.pollInterval(), time.Second<<min(a.attempts[e.Name]-1, 10))
+		a.work(e.Name, func() error { return a.runRelease(e, p) }, func(err error, backoff time.Duration) {
 			a.log.Warn("agent: download failed; retrying", "release", e.Name, "in", backoff, "err", err)
 			ds := a.life(e.Name)
 			ds.State, ds.Reason = p2p.StateDownloading, p2p.CutReason(fmt.Sprintf("retrying in %s: %v", backoff, err))
-			time.AfterFunc(backoff, a.reconcile)
-		}()
+		})
 	}
+}
+
+// work runs fn, the work on release name, in its own goroutine, and marks
+// the release as being worked on until fn returns; a.mu is held. A success
+// resets the release's failures. After a failure, unless the agent is
+// stopping, failed records it (a.mu held) and reconcile runs again after a
+// backoff: soon, then less often, and at least at every poll.
+func (a *agentState) work(name string, fn func() error, failed func(err error, backoff time.Duration)) {
+	a.working[name] = true
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		err := fn()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		delete(a.working, name)
+		if err == nil {
+			delete(a.attempts, name)
+			return
+		}
+		if a.ctx.Err() != nil {
+			return
+		}
+		a.attempts[name]++
+		backoff := min(a.pollInterval(), time.Second<<min(a.attempts[name]-1, 10))
+		failed(err, backoff)
+		time.AfterFunc(backoff, a.reconcile)
+	}()
 }
 
 // runRelease takes one release deployed to this node as far as it can go
