@@ -13,6 +13,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 
@@ -275,5 +276,34 @@ func TestFetchFailsWhenNoPeerHasTheChunks(t *testing.T) {
 	_, err = f.fetch(testContext(t), m, id, nil, FetchConfig{})
 	if !errors.Is(err, ErrNoSource) {
 		t.Fatalf("fetch without peers: %v, want ErrNoSource", err)
+	}
+}
+
+func TestPeerWhoseHaveSubscriptionFailedIsTriedAgain(t *testing.T) {
+	m, id, chunks := testRelease(t, 1<<20, 6)
+	seed := &swarmNode{h: newTestHost(t, HostConfig{}), s: store.NewMem(), notifier: NewHaveNotifier()}
+	putChunks(t, seed.s, chunks)
+	cs := NewChunkService(seed.h, seed.s, ChunkConfig{})
+	t.Cleanup(func() { cs.Close() })
+	// The seed resets the first subscription, as a peer whose handshake
+	// timed out under load would fail it, and only then starts serving.
+	refused := make(chan struct{})
+	seed.h.SetStreamHandler(HaveProtocol, func(s network.Stream) {
+		_ = s.Reset()
+		close(refused)
+	})
+	go func() {
+		<-refused
+		hs := NewHaveService(seed.h, releases{id: m.ChunkIDs()}, seed.s, seed.notifier, HaveConfig{})
+		t.Cleanup(func() { hs.Close() })
+	}()
+	f := newSwarmNode(t, m, id, nil)
+	res, err := f.fetch(testContext(t), m, id, f.know(seed), FetchConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireComplete(t, f.s, m)
+	if st := res.Peers[seed.h.ID()]; st.Chunks != len(m.ChunkIDs()) || st.Dropped != "" {
+		t.Errorf("seed: %+v, want every chunk and not dropped", st)
 	}
 }

@@ -209,9 +209,24 @@ func (d *deadlineStream) Read(p []byte) (int, error) {
 	return d.s.Read(p)
 }
 
+// Write gives every deadlineWritePiece of p a fresh deadline: one Write of
+// a whole chunk frame can take far longer than idle on a slow link (a 4 MiB
+// frame at 1 Mbit/s takes 34 s) while the peer reads steadily.
 func (d *deadlineStream) Write(p []byte) (int, error) {
-	if err := d.s.SetWriteDeadline(d.deadline()); err != nil {
-		return 0, err
+	var done int
+	for done < len(p) {
+		if err := d.s.SetWriteDeadline(d.deadline()); err != nil {
+			return done, err
+		}
+		n, err := d.s.Write(p[done:min(len(p), done+deadlineWritePiece)])
+		done += n
+		if err != nil {
+			return done, err
+		}
 	}
-	return d.s.Write(p)
+	return done, nil
 }
+
+// deadlineWritePiece is the most of a Write that must make it out within one
+// idle deadline: 64 KiB is 10 s at 50 kbit/s, a 1 Mbit/s link shared by 20.
+const deadlineWritePiece = 64 << 10
