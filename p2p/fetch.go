@@ -237,7 +237,6 @@ type fetch struct {
 	lastNews   time.Time
 	rng        *rand.Rand
 	writers    chan struct{} // a slot per chunk being stored
-	frames     sync.Pool     // *[]byte copies of received frames
 	// framesReceived counts the frames whose bytes res.BytesFetched sums.
 	framesReceived int
 }
@@ -294,7 +293,6 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 		events:     make(chan fetchEvent, 256),
 		rng:        rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		writers:    make(chan struct{}, cfg.StoreWriters),
-		frames:     sync.Pool{New: func() any { return new([]byte) }},
 		res:        FetchResult{ChunksTotal: len(ids), Peers: make(map[peer.ID]*PeerStats)},
 	}
 	for i, id := range ids {
@@ -857,12 +855,12 @@ func (f *fetch) request(p *fetchPeer, batch []int) {
 				f.events <- fetchEvent{peer: p.id, kind: chunkAbsent, index: i}
 				return nil
 			}
-			buf := f.frames.Get().(*[]byte)
+			buf := frameBufs.Get().(*[]byte)
 			*buf = append((*buf)[:0], frame...)
 			select {
 			case f.writers <- struct{}{}:
 			case <-pctx.Done():
-				f.frames.Put(buf)
+				frameBufs.Put(buf)
 				return pctx.Err()
 			}
 			puts.Add(1)
@@ -870,7 +868,7 @@ func (f *fetch) request(p *fetchPeer, batch []int) {
 				defer puts.Done()
 				ev := f.store(pctx, p.id, i, id, *buf)
 				<-f.writers
-				f.frames.Put(buf)
+				frameBufs.Put(buf)
 				if ev.kind == chunkRejected {
 					bad.Store(true)
 				}

@@ -135,6 +135,26 @@ func (c *Cache) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
 	}
 }
 
+// AppendFrame is GetFrame appending to dst: a chunk in the cache is read into
+// dst without a frame of its own.
+func (c *Cache) AppendFrame(ctx context.Context, id cid.Cid, dst []byte) ([]byte, error) {
+	if local, ok := c.local.(FrameAppender); ok {
+		out, err := local.AppendFrame(ctx, id, dst)
+		if err == nil {
+			c.touch(id, int64(len(out)-len(dst)))
+			return out, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return dst, err
+		}
+	}
+	frame, err := c.GetFrame(ctx, id)
+	if err != nil {
+		return dst, err
+	}
+	return append(dst, frame...), nil
+}
+
 // fetch gets id from the upstream, checks and stores it, and makes room.
 func (c *Cache) fetch(ctx context.Context, id cid.Cid) ([]byte, error) {
 	frame, err := c.upstream.GetFrame(ctx, id)

@@ -1,9 +1,11 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -187,5 +189,58 @@ func TestCacheTakesInWhatItHolds(t *testing.T) {
 	}
 	if up.calls.Load() != 0 {
 		t.Errorf("%d upstream calls for chunks held", up.calls.Load())
+	}
+}
+
+// TestAppendFrameMatchesGetFrame checks every FrameAppender: the frame
+// appended after a prefix is GetFrame's, from the cache's local store or
+// through its upstream, and a missing chunk leaves dst as it was.
+func TestAppendFrameMatchesGetFrame(t *testing.T) {
+	src, ids := upstreamWith(t, 2, 50<<10)
+	disk := openDisk(t, t.TempDir())
+	want, err := src.GetFrame(t.Context(), ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := disk.PutFrame(t.Context(), ids[0], want); err != nil {
+		t.Fatal(err)
+	}
+	up := &countingUpstream{src: src}
+	cache, err := store.NewCache(t.Context(), openDisk(t, t.TempDir()), up, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := manifest.ChunkID([]byte("no store holds this"))
+	for _, tc := range []struct {
+		name    string
+		store   store.FrameAppender
+		present cid.Cid
+	}{
+		{"mem", src, ids[0]},
+		{"disk", disk, ids[0]},
+		{"cache through its upstream", cache, ids[1]},
+		{"cache from its local store", cache, ids[1]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want, err := src.GetFrame(t.Context(), tc.present)
+			if err != nil {
+				t.Fatal(err)
+			}
+			prefix := []byte("prefix")
+			got, err := tc.store.AppendFrame(t.Context(), tc.present, slices.Clone(prefix))
+			if err != nil || !bytes.Equal(got, append(slices.Clone(prefix), want...)) {
+				t.Fatalf("AppendFrame: %d bytes, %v; want the prefix and the %d-byte frame", len(got), err, len(want))
+			}
+			if tc.store == store.FrameAppender(cache) {
+				return // the cache would ask its upstream for the missing chunk
+			}
+			got, err = tc.store.AppendFrame(t.Context(), missing, prefix)
+			if !errors.Is(err, store.ErrNotFound) || !bytes.Equal(got, prefix) {
+				t.Errorf("AppendFrame of a missing chunk: %q, %v; want the prefix and ErrNotFound", got, err)
+			}
+		})
+	}
+	if n := up.calls.Load(); n != 1 {
+		t.Errorf("the cache asked its upstream %d times, want once", n)
 	}
 }

@@ -361,6 +361,23 @@ func (d *Disk) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
 	return frame, nil
 }
 
+// AppendFrame appends the stored frame of a chunk to dst, unverified.
+func (d *Disk) AppendFrame(ctx context.Context, id cid.Cid, dst []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return dst, err
+	}
+	if err := manifest.CheckChunkID(id); err != nil {
+		return dst, fmt.Errorf("get: %w", err)
+	}
+	buf, err := d.readFrame(id)
+	if err != nil {
+		return dst, err
+	}
+	dst = append(dst, *buf...)
+	putBuf(buf)
+	return dst, nil
+}
+
 // readFrame reads a chunk file into a pooled buffer the caller returns with
 // putBuf. A file larger than any frame of a chunk is refused before it is
 // read.

@@ -127,6 +127,15 @@ func (m *Mem) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
 	return bytes.Clone(frame), nil
 }
 
+// AppendFrame appends the stored frame of a chunk to dst.
+func (m *Mem) AppendFrame(ctx context.Context, id cid.Cid, dst []byte) ([]byte, error) {
+	frame, err := m.frame(ctx, id)
+	if err != nil {
+		return dst, err
+	}
+	return append(dst, frame...), nil
+}
+
 // Has reports whether a chunk is stored.
 func (m *Mem) Has(ctx context.Context, id cid.Cid) (bool, error) {
 	if err := ctx.Err(); err != nil {

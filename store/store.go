@@ -53,6 +53,15 @@ type FrameGetter interface {
 	GetFrame(ctx context.Context, id cid.Cid) ([]byte, error)
 }
 
+// FrameAppender is a FrameGetter that can append the frame to a buffer the
+// caller provides (Disk, Mem, Cache): a server sending chunk after chunk
+// then reuses one buffer instead of allocating a frame for each.
+type FrameAppender interface {
+	// AppendFrame appends the stored frame of a chunk to dst, as GetFrame
+	// returns it. On error it returns dst unchanged.
+	AppendFrame(ctx context.Context, id cid.Cid, dst []byte) ([]byte, error)
+}
+
 // FramePutter writes chunks received in their stored form.
 type FramePutter interface {
 	// PutFrame decodes frame with the chunk size cap, checks that the
