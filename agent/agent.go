@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
@@ -330,7 +331,47 @@ func (n *Node) runAgent() {
 	}
 	a.wg.Add(1)
 	go a.loop()
+	if n.cfg.Role == RoleProxy && len(n.cfg.Siblings) > 0 {
+		a.wg.Add(1)
+		go a.keepSiblings()
+	}
 }
+
+// keepSiblings keeps a connection open to every sibling proxy, as polling
+// keeps one to the upstream, so that a release starts trading between
+// siblings at once. Dialled only when a release arrives, the sibling
+// handshakes queued behind those of the site's nodes starting their own
+// fetches: in a 500-node testnet the siblings' have subscriptions opened 3
+// to 11 s after the upstream's, while the proxies' WAN links idled.
+func (a *agentState) keepSiblings() {
+	defer a.wg.Done()
+	h := a.n.Host
+	for _, info := range a.n.cfg.Siblings {
+		h.ConnManager().Protect(info.ID, "patchctl-sibling")
+	}
+	t := time.NewTicker(a.pollInterval())
+	defer t.Stop()
+	for {
+		for _, info := range a.n.cfg.Siblings {
+			if h.Network().Connectedness(info.ID) == network.Connected {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(a.ctx, siblingDialTimeout)
+			if err := h.Connect(ctx, info); err != nil && a.ctx.Err() == nil {
+				a.log.Debug("agent: sibling not reachable", "sibling", info.ID, "err", err)
+			}
+			cancel()
+		}
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// siblingDialTimeout bounds one dial of a sibling proxy.
+const siblingDialTimeout = 10 * time.Second
 
 // HandlePeerFound takes a site peer found by mDNS.
 func (a *agentState) HandlePeerFound(info peer.AddrInfo) {
