@@ -42,10 +42,13 @@ type FetchConfig struct {
 	InitialWindow int
 	// MaxWindow caps the chunks in flight to one peer (default 1024).
 	MaxWindow int
-	// QueueTime is how much of a peer's measured throughput is kept in
-	// flight (default 500 ms). The window follows the rate, so throughput
-	// is never capped at window × chunk size / RTT: on a long link the
-	// window grows until the pipe is full.
+	// QueueTime is how much of a peer's measured throughput, in bytes on
+	// the wire, is kept in flight (default 250 ms). The window follows the
+	// rate, so throughput is never capped at window × chunk size / RTT: on
+	// a long link the window grows until the pipe is full. A deeper queue
+	// lets the first fetchers take more from a seed before their peers
+	// have anything to trade: with 500 ms, a seed sent 10 fetchers 4.3 to
+	// 5.5 copies, with 250 ms 3.1 to 3.7.
 	QueueTime time.Duration
 	// StallTimeout abandons a request stream that delivers no byte for
 	// this long; its chunks go to other peers (default 15 s).
@@ -252,7 +255,7 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 		cfg.MaxWindow = 1024
 	}
 	cfg.MaxWindow = max(cfg.MaxWindow, cfg.InitialWindow)
-	cfg.QueueTime = orDefault(cfg.QueueTime, 500*time.Millisecond)
+	cfg.QueueTime = orDefault(cfg.QueueTime, 250*time.Millisecond)
 	cfg.StallTimeout = orDefault(cfg.StallTimeout, 15*time.Second)
 	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, time.Minute)
 	if cfg.MaxFailures <= 0 {
