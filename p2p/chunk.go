@@ -225,7 +225,7 @@ func EncodeChunkRequest(ids []cid.Cid) ([]byte, error) {
 	if len(ids) == 0 || len(ids) > MaxChunkBatch {
 		return nil, fmt.Errorf("chunk request of %d chunks, want 1 to %d: %w", len(ids), MaxChunkBatch, ErrMalformed)
 	}
-	p := binary.AppendUvarint(make([]byte, 0, maxChunkRequest), uint64(len(ids)))
+	p := binary.AppendUvarint(make([]byte, 0, 1+len(ids)*(1+maxCIDLen)), uint64(len(ids)))
 	for _, id := range ids {
 		if err := manifest.CheckChunkID(id); err != nil {
 			return nil, fmt.Errorf("chunk request: %w", err)

@@ -66,7 +66,7 @@ const maxCIDLen = 64
 
 // appendCID appends id as a uvarint length and its binary bytes.
 func appendCID(dst []byte, id cid.Cid) []byte {
-	b := id.Bytes()
+	b := id.KeyString() // the binary CID, without Bytes' copy
 	dst = binary.AppendUvarint(dst, uint64(len(b)))
 	return append(dst, b...)
 }
