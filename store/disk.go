@@ -346,19 +346,7 @@ func decodeChunk(dst []byte, id cid.Cid, frame []byte) ([]byte, error) {
 
 // GetFrame returns the stored frame of a chunk, unverified.
 func (d *Disk) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := manifest.CheckChunkID(id); err != nil {
-		return nil, fmt.Errorf("get: %w", err)
-	}
-	buf, err := d.readFrame(id)
-	if err != nil {
-		return nil, err
-	}
-	frame := bytes.Clone(*buf)
-	putBuf(buf)
-	return frame, nil
+	return d.AppendFrame(ctx, id, nil)
 }
 
 // AppendFrame appends the stored frame of a chunk to dst, unverified.

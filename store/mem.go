@@ -120,11 +120,7 @@ func (m *Mem) appendChunk(ctx context.Context, id cid.Cid, dst []byte) ([]byte, 
 
 // GetFrame returns a copy of the stored frame of a chunk.
 func (m *Mem) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
-	frame, err := m.frame(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	return bytes.Clone(frame), nil
+	return m.AppendFrame(ctx, id, nil)
 }
 
 // AppendFrame appends the stored frame of a chunk to dst.
