@@ -346,7 +346,6 @@ func newBytesBetween(t testing.TB, v1, v2 []byte, mk chunkerFunc) (int64, int) {
 	return n, count
 }
 
-// tarOf writes files with archive/tar in the given format, all stamped t0.
 // idealNewBytes is what a second version must store at the least: the whole
 // archive but the data of the members it did not change. The members are
 // those of treeEntries: a directory first, then file i at layout[i+1].
@@ -360,6 +359,7 @@ func idealNewBytes(archive []byte, layout []zipLayout, changed map[int]bool) int
 	return ideal
 }
 
+// tarOf writes files with archive/tar in the given format, all stamped t0.
 func tarOf(t testing.TB, format tar.Format, t0 time.Time, files []zipEntry) ([]byte, []zipLayout) {
 	t.Helper()
 	var buf bytes.Buffer

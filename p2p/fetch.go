@@ -527,7 +527,6 @@ func (f *fetch) peerErrors() string {
 
 func (f *fetch) apply(ctx context.Context, ev fetchEvent) error {
 	p := f.peers[ev.peer]
-
 	switch ev.kind {
 	case haveOpened:
 		if p.gone {
