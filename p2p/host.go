@@ -143,13 +143,11 @@ func NewHost(ctx context.Context, cfg HostConfig) (host.Host, error) {
 	if cfg.NATPortMap {
 		opts = append(opts, libp2p.NATPortMap())
 	}
-	if cfg.Peers > 0 {
-		more, err := roomForPeers(cfg.Peers)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, more...)
+	more, err := roomForPeers(cfg.Peers)
+	if err != nil {
+		return nil, err
 	}
+	opts = append(opts, more...)
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("start libp2p host: %w", err)
@@ -355,21 +353,28 @@ func (a *Allowlist) InterceptUpgraded(network.Conn) (bool, control.DisconnectRea
 // a connection manager that trims only beyond them, and resource limits
 // whose connection and stream counts grow with them. Memory stays bounded
 // by libp2p's limits scaled to the machine, so a flood of peers runs into
-// those rather than the node's memory.
+// those rather than the node's memory. With peers 0 the host keeps libp2p's
+// default limits and connection manager.
 func roomForPeers(peers int) ([]libp2p.Option, error) {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
 	scaled := limits.AutoScale()
-	conns := rcmgr.LimitVal(2 * peers)
-	streams := rcmgr.LimitVal(16 * peers)
-	more := rcmgr.ResourceLimits{Conns: conns, ConnsInbound: conns, ConnsOutbound: conns, Streams: streams, StreamsInbound: streams, StreamsOutbound: streams}
-	limiter := rcmgr.NewFixedLimiter(rcmgr.PartialLimitConfig{System: more, Transient: more}.Build(scaled))
-	// libp2p.DisableMetrics does not reach a resource manager built here:
-	// without this option it traces every reservation into Prometheus
-	// collectors nobody exports, 3% of the CPU of a 500-node testnet.
-	mgr, err := rcmgr.NewResourceManager(limiter, rcmgr.WithMetricsDisabled())
+	if peers > 0 {
+		conns := rcmgr.LimitVal(2 * peers)
+		streams := rcmgr.LimitVal(16 * peers)
+		more := rcmgr.ResourceLimits{Conns: conns, ConnsInbound: conns, ConnsOutbound: conns, Streams: streams, StreamsInbound: streams, StreamsOutbound: streams}
+		scaled = rcmgr.PartialLimitConfig{System: more, Transient: more}.Build(scaled)
+	}
+	// libp2p.DisableMetrics does not reach a resource manager, neither one
+	// built here nor libp2p's default: without this option it traces every
+	// reservation into Prometheus collectors nobody exports, 3% of the CPU
+	// of a 500-node testnet.
+	mgr, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(scaled), rcmgr.WithMetricsDisabled())
 	if err != nil {
 		return nil, err
+	}
+	if peers == 0 {
+		return []libp2p.Option{libp2p.ResourceManager(mgr)}, nil
 	}
 	cm, err := libp2pconnmgr.NewConnManager(peers, peers+peers/4, libp2pconnmgr.WithGracePeriod(time.Minute))
 	if err != nil {
