@@ -123,17 +123,33 @@ func (d *Disk) Put(ctx context.Context, id cid.Cid, data []byte) error {
 // PutFrame stores frame under id after checking that it decodes, within
 // manifest.MaxChunkSize, to id's content. It stores the frame as received.
 func (d *Disk) PutFrame(ctx context.Context, id cid.Cid, frame []byte) error {
+	return d.PutFrameContent(ctx, id, frame, nil)
+}
+
+// PutFrameContent is PutFrame that hands the content it verified to use, if
+// set, once the chunk is stored.
+func (d *Disk) PutFrameContent(ctx context.Context, id cid.Cid, frame []byte, use func(cid.Cid, []byte)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkFrame(id, frame); err != nil {
+	buf := getBuf(0)
+	defer putBuf(buf)
+	content, err := checkFrame(buf, id, frame)
+	if err != nil {
 		return fmt.Errorf("put: %w", err)
 	}
 	p := d.path(id)
-	if ok, err := d.refresh(id, p); ok || err != nil {
+	if ok, err := d.refresh(id, p); err != nil {
 		return err
+	} else if !ok {
+		if err := d.write(id, p, frame); err != nil {
+			return err
+		}
 	}
-	return d.write(id, p, frame)
+	if use != nil {
+		use(id, content)
+	}
+	return nil
 }
 
 // verify checks that data can be a chunk and hashes to id, translating
@@ -152,19 +168,18 @@ func verify(id cid.Cid, data []byte) error {
 	return nil
 }
 
-// checkFrame checks that frame decodes to id's content.
-func checkFrame(id cid.Cid, frame []byte) error {
+// checkFrame decodes frame into *buf, a pooled buffer it may grow, and
+// checks that the content is id's. The content it returns lives in *buf.
+func checkFrame(buf *[]byte, id cid.Cid, frame []byte) ([]byte, error) {
 	if err := manifest.CheckChunkID(id); err != nil {
-		return err
+		return nil, err
 	}
-	buf := getBuf(0)
-	defer putBuf(buf)
 	data, err := DecodeFrame((*buf)[:0], frame, manifest.MaxChunkSize)
 	if err != nil {
-		return fmt.Errorf("chunk %s: %w", id, err)
+		return nil, fmt.Errorf("chunk %s: %w", id, err)
 	}
 	*buf = data // keep a buffer DecodeFrame grew
-	return verify(id, data)
+	return data, verify(id, data)
 }
 
 // refresh sets the modification time of a present chunk to now, so that a

@@ -6,12 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
 
+	"github.com/ipfs/go-cid"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/patchctl/patchctl/manifest"
@@ -23,6 +25,13 @@ type ExtractOptions struct {
 	// number of bytes written so far, for a progress bar. It is called
 	// from one goroutine at a time.
 	Progress func(written int64)
+	// Assembly, if set, holds files of this release staged while its
+	// chunks arrived (NewAssembly with the same manifest, beside dir):
+	// Extract builds the release in the assembly's directory and reads the
+	// chunks it placed from there rather than from g. Every file's digest
+	// is checked all the same. The assembly is used up, whatever the
+	// outcome; after a failure, Extract without it starts afresh.
+	Assembly *Assembly
 }
 
 // Extract assembles the files of a release from their chunks into dir,
@@ -41,35 +50,45 @@ func Extract(ctx context.Context, g Getter, m *manifest.Manifest, dir string, op
 			err = fmt.Errorf("extract %s: %w", m.Name, err)
 		}
 	}()
+	defer opts.Assembly.Discard() // after a failure before take
 	dir = filepath.Clean(dir)
 	existed, err := checkTarget(dir)
 	if err != nil {
 		return err
 	}
 	parent, base := filepath.Dir(dir), filepath.Base(dir)
-	staging, err := os.MkdirTemp(parent, "."+base+".staging-*")
-	if err != nil {
-		return err
+	var st staged
+	if opts.Assembly != nil {
+		if st, err = opts.Assembly.take(m); err != nil {
+			return err
+		}
+	} else {
+		st.dir, err = os.MkdirTemp(parent, "."+base+".staging-*")
+		if err != nil {
+			return err
+		}
+		// A Root confines every file operation to the staging directory,
+		// even if something swapped a directory inside it for a symlink.
+		if st.root, err = os.OpenRoot(st.dir); err != nil {
+			os.RemoveAll(st.dir)
+			return err
+		}
 	}
+	staging, root := st.dir, st.root
 	defer func() {
 		if err != nil {
 			os.RemoveAll(staging)
 		}
 	}()
-	// A Root confines every file operation to the staging directory, even
-	// if something swapped a directory inside it for a symlink.
-	root, err := os.OpenRoot(staging)
-	if err != nil {
-		return err
-	}
 	defer root.Close()
 
 	fetchCtx, cancel := context.WithCancel(ctx)
 	eg, fetchCtx := errgroup.WithContext(fetchCtx)
-	chunks := fetchInOrder(fetchCtx, eg, g, m, max(4, 2*runtime.GOMAXPROCS(0)))
-	w := extractor{root: root, chunks: chunks, progress: opts.Progress, dirs: map[string]bool{".": true}}
+	chunks := fetchInOrder(fetchCtx, eg, g, m, st.placed, max(4, 2*runtime.GOMAXPROCS(0)))
+	w := extractor{root: root, chunks: chunks, placed: st.placed, progress: opts.Progress, dirs: map[string]bool{".": true}}
 	for i := range m.Files {
-		if err = w.writeFile(fetchCtx, &m.Files[i]); err != nil {
+		created := st.created != nil && st.created[i]
+		if err = w.writeFile(fetchCtx, &m.Files[i], created); err != nil {
 			break
 		}
 	}
@@ -144,15 +163,19 @@ type fetched struct {
 	err  error
 }
 
-// fetchInOrder gets the chunks of every file of m in order, up to window
-// ahead of the reader of the returned channel, each in its own goroutine of
-// eg. The channel is closed after the last chunk, or early when ctx ends.
-func fetchInOrder(ctx context.Context, eg *errgroup.Group, g Getter, m *manifest.Manifest, window int) <-chan *fetched {
+// fetchInOrder gets the chunks of every file of m in order, but those in
+// placed, up to window ahead of the reader of the returned channel, each in
+// its own goroutine of eg. The channel is closed after the last chunk, or
+// early when ctx ends.
+func fetchInOrder(ctx context.Context, eg *errgroup.Group, g Getter, m *manifest.Manifest, placed map[cid.Cid]bool, window int) <-chan *fetched {
 	out := make(chan *fetched, window)
 	eg.Go(func() error {
 		defer close(out)
 		for _, f := range m.Files {
 			for _, c := range f.Chunks {
+				if placed[c.CID] {
+					continue
+				}
 				p := &fetched{done: make(chan struct{})}
 				select {
 				case out <- p:
@@ -175,12 +198,15 @@ func fetchInOrder(ctx context.Context, eg *errgroup.Group, g Getter, m *manifest
 type extractor struct {
 	root     *os.Root
 	chunks   <-chan *fetched
+	placed   map[cid.Cid]bool // chunks already in the staged files
 	progress func(int64)
 	written  int64
 	dirs     map[string]bool // directories created, to fsync
 }
 
-func (w *extractor) writeFile(ctx context.Context, f *manifest.File) (err error) {
+// writeFile writes f, or completes it if an Assembly created it, and
+// checks its digest.
+func (w *extractor) writeFile(ctx context.Context, f *manifest.File, created bool) (err error) {
 	rel, err := localPath(f.Path)
 	if err != nil {
 		return err
@@ -194,8 +220,13 @@ func (w *extractor) writeFile(ctx context.Context, f *manifest.File) (err error)
 		}
 	}
 	// O_EXCL: never write through anything already at the path, such as a
-	// symlink, nor twice to one file.
-	out, err := w.root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// symlink, nor twice to one file. A file an Assembly created is this
+	// release's own, in a directory only this process writes.
+	flag := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	if created {
+		flag = os.O_RDWR
+	}
+	out, err := w.root.OpenFile(rel, flag, 0o600)
 	if err != nil {
 		return fmt.Errorf("file %s: %w", f.Path, err)
 	}
@@ -209,6 +240,13 @@ func (w *extractor) writeFile(ctx context.Context, f *manifest.File) (err error)
 	for i, c := range f.Chunks {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if w.placed[c.CID] {
+			if err := w.readPlaced(out, size, int(c.Size), h); err != nil {
+				return fmt.Errorf("file %s: chunk %d of %d (%s), staged: %w", f.Path, i+1, len(f.Chunks), c.CID, err)
+			}
+			size += int64(c.Size)
+			continue
 		}
 		var p *fetched
 		select {
@@ -230,7 +268,7 @@ func (w *extractor) writeFile(ctx context.Context, f *manifest.File) (err error)
 		if len(p.data) != int(c.Size) {
 			return fmt.Errorf("file %s: chunk %d of %d (%s) has %d bytes, the manifest says %d", f.Path, i+1, len(f.Chunks), c.CID, len(p.data), c.Size)
 		}
-		if _, err := out.Write(p.data); err != nil {
+		if _, err := out.WriteAt(p.data, size); err != nil {
 			return fmt.Errorf("file %s: %w", f.Path, err)
 		}
 		h.Write(p.data)
@@ -250,6 +288,25 @@ func (w *extractor) writeFile(ctx context.Context, f *manifest.File) (err error)
 	}
 	if err := out.Sync(); err != nil {
 		return fmt.Errorf("file %s: %w", f.Path, err)
+	}
+	return nil
+}
+
+// readPlaced hashes the n bytes at off of a staged file into h. The file's
+// digest, checked after its last chunk, is what vouches for them.
+func (w *extractor) readPlaced(f *os.File, off int64, n int, h hash.Hash) error {
+	buf := getBuf(n)
+	defer putBuf(buf)
+	if _, err := f.ReadAt(*buf, off); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = fmt.Errorf("the staged file ends early: %w", ErrCorrupt)
+		}
+		return err
+	}
+	h.Write(*buf)
+	w.written += int64(n)
+	if w.progress != nil {
+		w.progress(w.written)
 	}
 	return nil
 }

@@ -57,16 +57,27 @@ func (m *Mem) Put(ctx context.Context, id cid.Cid, data []byte) error {
 
 // PutFrame stores a copy of frame under id after checking it.
 func (m *Mem) PutFrame(ctx context.Context, id cid.Cid, frame []byte) error {
+	return m.PutFrameContent(ctx, id, frame, nil)
+}
+
+// PutFrameContent is PutFrame that hands the content it verified to use, if
+// set, once the chunk is stored.
+func (m *Mem) PutFrameContent(ctx context.Context, id cid.Cid, frame []byte, use func(cid.Cid, []byte)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkFrame(id, frame); err != nil {
+	buf := getBuf(0)
+	defer putBuf(buf)
+	content, err := checkFrame(buf, id, frame)
+	if err != nil {
 		return fmt.Errorf("put: %w", err)
 	}
-	if m.refresh(id) {
-		return nil
+	if !m.refresh(id) {
+		m.store(id, bytes.Clone(frame))
 	}
-	m.store(id, bytes.Clone(frame))
+	if use != nil {
+		use(id, content)
+	}
 	return nil
 }
 

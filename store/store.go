@@ -70,6 +70,14 @@ type FramePutter interface {
 	PutFrame(ctx context.Context, id cid.Cid, frame []byte) error
 }
 
+// ContentFramePutter is a FramePutter that lends the content it decoded and
+// verified to use before PutFrameContent returns (Disk, Mem), so that a
+// caller that needs the content, such as an Assembly, does not decode the
+// frame a second time. content is valid only during the call.
+type ContentFramePutter interface {
+	PutFrameContent(ctx context.Context, id cid.Cid, frame []byte, use func(id cid.Cid, content []byte)) error
+}
+
 // Deleter removes chunks.
 type Deleter interface {
 	// Delete removes a chunk; deleting an absent chunk is not an error.

@@ -46,7 +46,7 @@ func VerifyRelease(ctx context.Context, g Getter, m *manifest.Manifest, opts Ver
 	fetchCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	eg, fetchCtx := errgroup.WithContext(fetchCtx)
-	chunks := fetchInOrder(fetchCtx, eg, g, m, max(4, 2*runtime.GOMAXPROCS(0)))
+	chunks := fetchInOrder(fetchCtx, eg, g, m, nil, max(4, 2*runtime.GOMAXPROCS(0)))
 	good := make(map[cid.Cid]bool)
 	bad := make(map[cid.Cid]bool)
 	var checked int64
