@@ -90,6 +90,12 @@ type FetchConfig struct {
 	// MorePeers, if set, delivers peers that join while the fetch runs,
 	// such as site peers a tracker names after the fetch started.
 	MorePeers <-chan []peer.ID
+	// Content, if set, is handed the verified content of every chunk the
+	// fetch stores, while the store still holds it, such as an assembly
+	// staging the release's files as they arrive. The store must then be a
+	// store.ContentFramePutter. Content is called from several goroutines
+	// at once.
+	Content func(id cid.Cid, content []byte)
 }
 
 // FetchProgress is a snapshot of a fetch, for progress bars and status.
@@ -244,6 +250,9 @@ type fetch struct {
 }
 
 func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manifest, manifestID cid.Cid, peers []peer.ID, cfg FetchConfig) (*fetch, error) {
+	if _, ok := s.(store.ContentFramePutter); cfg.Content != nil && !ok {
+		return nil, fmt.Errorf("fetch %s: the store (%T) cannot hand over chunk content", m.Name, s)
+	}
 	if cfg.BatchSize <= 0 || cfg.BatchSize > MaxChunkBatch {
 		cfg.BatchSize = min(16, MaxChunkBatch)
 	}
@@ -892,7 +901,12 @@ func (f *fetch) request(p *fetchPeer, batch []int) {
 
 // store verifies and stores one chunk received from p.
 func (f *fetch) store(ctx context.Context, p peer.ID, i int, id cid.Cid, frame []byte) fetchEvent {
-	err := f.s.PutFrame(ctx, id, frame)
+	var err error
+	if f.cfg.Content != nil {
+		err = f.s.(store.ContentFramePutter).PutFrameContent(ctx, id, frame, f.cfg.Content)
+	} else {
+		err = f.s.PutFrame(ctx, id, frame)
+	}
 	switch {
 	case err == nil:
 		f.cfg.Notifier.Stored(id)

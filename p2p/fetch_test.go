@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -276,6 +277,49 @@ func TestFetchResumesFromStoredChunks(t *testing.T) {
 	again, err := f.fetch(testContext(t), m, id, f.know(seed), FetchConfig{})
 	if err != nil || again.ChunksFetched != 0 || again.BytesFetched != 0 {
 		t.Errorf("fetching a complete release again: %+v %v", again, err)
+	}
+}
+
+func TestFetchHandsOverTheContentOfWhatItStores(t *testing.T) {
+	m, id, chunks := testRelease(t, 2<<20, 7)
+	seed := newSwarmNode(t, m, id, nil)
+	putChunks(t, seed.s, chunks)
+	f := newSwarmNode(t, m, id, nil)
+	putChunks(t, f.s, chunks[:len(chunks)/3])
+	var mu sync.Mutex
+	handed := map[cid.Cid][]byte{}
+	content := func(id cid.Cid, data []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		handed[id] = bytes.Clone(data)
+	}
+	res, err := f.fetch(testContext(t), m, id, f.know(seed), FetchConfig{Content: content})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(handed) != res.ChunksFetched || res.ChunksFetched == 0 {
+		t.Errorf("content of %d chunks handed over, %d fetched", len(handed), res.ChunksFetched)
+	}
+	for _, b := range chunks[:len(chunks)/3] {
+		if _, ok := handed[manifest.ChunkID(b)]; ok {
+			t.Errorf("content of chunk %s, stored before the fetch, handed over", manifest.ChunkID(b))
+		}
+	}
+	for _, b := range chunks[len(chunks)/3:] {
+		if got, ok := handed[manifest.ChunkID(b)]; !ok || !bytes.Equal(got, b) {
+			t.Errorf("chunk %s: handed over %v, %d bytes, want its %d bytes", manifest.ChunkID(b), ok, len(got), len(b))
+		}
+	}
+
+	// A store that cannot lend what it decoded is refused up front.
+	var opaque struct {
+		store.Haser
+		store.FramePutter
+	}
+	opaque.Haser, opaque.FramePutter = store.NewMem(), store.NewMem()
+	_, err = Fetch(testContext(t), f.h, opaque, m, id, f.know(seed), FetchConfig{Content: content})
+	if err == nil || !strings.Contains(err.Error(), "cannot hand over chunk content") {
+		t.Errorf("fetch into a store without PutFrameContent: %v", err)
 	}
 }
 
