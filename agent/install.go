@@ -30,7 +30,7 @@ const maxReasonTail = 5
 // every file, moves it to <data-dir>/installed/<name>, runs the install
 // commands there, and keeps the record. An install interrupted before the
 // record was written starts again from a fresh staging directory.
-func (a *agentState) install(ctx context.Context, m *manifest.Manifest, id cid.Cid) (InstallRecord, error) {
+func (a *agentState) install(ctx context.Context, m *manifest.Manifest, id cid.Cid, asm *store.Assembly) (InstallRecord, error) {
 	base := filepath.Join(a.n.cfg.DataDir, installedDir)
 	if err := os.MkdirAll(base, 0o755); err != nil {
 		return InstallRecord{}, err
@@ -42,7 +42,14 @@ func (a *agentState) install(ctx context.Context, m *manifest.Manifest, id cid.C
 			return InstallRecord{}, fmt.Errorf("clear a previous attempt: %w", err)
 		}
 	}
-	if err := store.Extract(ctx, a.n.Store, m, staging, store.ExtractOptions{}); err != nil {
+	err := store.Extract(ctx, a.n.Store, m, staging, store.ExtractOptions{Assembly: asm})
+	if err != nil && asm != nil && ctx.Err() == nil {
+		// What was staged during the download is only a head start;
+		// the store holds every chunk verified.
+		a.log.Warn("agent: files staged during the download did not check out; assembling them from the store", "release", m.Name, "err", err)
+		err = store.Extract(ctx, a.n.Store, m, staging, store.ExtractOptions{})
+	}
+	if err != nil {
 		return InstallRecord{}, fmt.Errorf("assemble files: %w", err)
 	}
 	if err := os.Rename(staging, dir); err != nil {

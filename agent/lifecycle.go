@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/patchctl/patchctl/manifest"
 	"github.com/patchctl/patchctl/p2p"
+	"github.com/patchctl/patchctl/store"
 )
 
 // A node's releases go through the lifecycle of p2p's states:
@@ -253,13 +256,15 @@ func (a *agentState) work(name string, fn func() error, failed func(err error, b
 func (a *agentState) runRelease(e manifest.IndexEntry, p plan) error {
 	// A hotfix waiting for its service pack downloads meanwhile, so it
 	// installs as soon as the pack is in.
-	if _, settled := a.decide(e.Name, false); settled {
+	pre, settled := a.decide(e.Name, false)
+	if settled {
 		return nil
 	}
-	m, id, err := a.download(e)
+	m, id, asm, err := a.download(e, pre.Action != ActionBlocked && a.installsAtOnce(e.Name, p))
 	if err != nil {
 		return err
 	}
+	defer asm.Discard() // unless the install took it
 	// One install at a time, and the rules asked again under the lock: a
 	// service pack installed meanwhile changes the verdict on a hotfix.
 	a.installMu.Lock()
@@ -282,7 +287,7 @@ func (a *agentState) runRelease(e manifest.IndexEntry, p plan) error {
 		return nil
 	}
 	a.setLife(e.Name, p2p.StateInstalling, "")
-	rec, err := a.install(a.ctx, m, id)
+	rec, err := a.install(a.ctx, m, id, asm)
 	if err != nil {
 		if a.ctx.Err() != nil {
 			return nil // stopping: the install runs again at the next start
@@ -309,6 +314,19 @@ func (a *agentState) runRelease(e manifest.IndexEntry, p plan) error {
 	// A hotfix blocked on this service pack may go now.
 	a.after(0, a.reconcile)
 	return nil
+}
+
+// installsAtOnce reports whether name, once downloaded, will install
+// without waiting: asked for, or assigned with a window open now.
+func (a *agentState) installsAtOnce(name string, p plan) bool {
+	a.mu.Lock()
+	requested := a.progress[name].InstallRequested
+	a.mu.Unlock()
+	if requested {
+		return true
+	}
+	ok, _ := p.open(a.now())
+	return p.assigned && ok
 }
 
 // decide applies the pack rules to name on this node and records a verdict
@@ -353,18 +371,33 @@ func (a *agentState) after(d time.Duration, fn func()) {
 
 // download brings a release's chunks to this node: the envelope from the
 // proxy, the chunks from the proxy and the site peers the tracker names.
-func (a *agentState) download(e manifest.IndexEntry) (*manifest.Manifest, cid.Cid, error) {
+// With stage, it also lays out the release's files as the chunks arrive,
+// for an install that follows at once, and returns the assembly (nil
+// otherwise, or if it could not start one).
+func (a *agentState) download(e manifest.IndexEntry, stage bool) (_ *manifest.Manifest, _ cid.Cid, asm *store.Assembly, err error) {
 	ctx := a.ctx
 	n := a.n
 	proxies := a.upstreamIDs()
 	env, m, id, err := a.envelopeFor(ctx, e, proxies)
 	if err != nil {
-		return nil, cid.Undef, err
+		return nil, cid.Undef, nil, err
+	}
+	if stage {
+		asm = a.startAssembly(m)
+		defer func() {
+			if err != nil {
+				asm.Discard()
+				asm = nil
+			}
+		}()
 	}
 	a.setState(e, p2p.StateFetching)
 	a.setLife(e.Name, p2p.StateDownloading, "")
 	peers := slices.Clone(proxies)
 	opts := FetchOptions{Swarm: p2p.FetchConfig{IdleTimeout: fetchIdle}}
+	if asm != nil {
+		opts.Swarm.Content = asm.Place
+	}
 	opts.Progress = func(pr p2p.FetchProgress) {
 		a.mu.Lock()
 		ds := a.life(e.Name)
@@ -403,13 +436,34 @@ func (a *agentState) download(e manifest.IndexEntry) (*manifest.Manifest, cid.Ci
 	}
 	sum, err := n.fetchRelease(ctx, env, m, id, peers, n.Store, opts, time.Now())
 	if err != nil {
-		return nil, cid.Undef, err
+		return nil, cid.Undef, nil, err
 	}
 	a.log.Info("agent: fetch done", "release", m.Name, "chunks_total", sum.ChunksTotal,
 		"chunks_present", sum.ChunksPresent, "chunks_fetched", sum.ChunksFetched, "bytes", sum.BytesFetched, "seconds", sum.Seconds)
 	a.setState(e, p2p.StateHave)
 	a.setLife(e.Name, p2p.StateDownloaded, "")
-	return m, id, nil
+	return m, id, asm, nil
+}
+
+// startAssembly starts staging m's files beside where the install puts
+// them, after removing what an earlier process left of the same. Staging
+// only saves work: if it cannot start, the install assembles the files
+// from the store.
+func (a *agentState) startAssembly(m *manifest.Manifest) *store.Assembly {
+	base := filepath.Join(a.n.cfg.DataDir, installedDir)
+	err := os.MkdirAll(base, 0o755)
+	if err == nil {
+		err = store.RemoveAssemblies(base, m.Name)
+	}
+	var asm *store.Assembly
+	if err == nil {
+		asm, err = store.NewAssembly(m, base)
+	}
+	if err != nil {
+		a.log.Warn("agent: cannot stage files during the download; the install assembles them afterwards", "release", m.Name, "err", err)
+		return nil
+	}
+	return asm
 }
 
 // retire moves the install records of names to retired, as installing by
