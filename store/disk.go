@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base32"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"golang.org/x/sys/unix"
 
 	"github.com/patchctl/patchctl/manifest"
 )
@@ -88,9 +90,28 @@ func (d *Disk) shardDir(name string) string {
 	return filepath.Join(d.chunks, name[len(name)-2:])
 }
 
+// chunkNames is the multibase base32 of CIDv1 strings: path spells a
+// chunk's name as id.String() does, without its allocations, because the
+// have service asks after every chunk of a release for each subscriber.
+var chunkNames = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
 func (d *Disk) path(id cid.Cid) string {
-	name := id.String()
-	return filepath.Join(d.shardDir(name), name+chunkExt)
+	var key [64]byte
+	k := id.KeyString()
+	if len(k) > len(key) || id.Version() != 1 {
+		name := id.String()
+		return filepath.Join(d.shardDir(name), name+chunkExt)
+	}
+	var nameBuf [128]byte
+	name := chunkNames.AppendEncode(append(nameBuf[:0], 'b'), key[:copy(key[:], k)])
+	var pathBuf [256]byte
+	p := append(pathBuf[:0], d.chunks...)
+	p = append(p, filepath.Separator)
+	p = append(p, name[len(name)-2:]...)
+	p = append(p, filepath.Separator)
+	p = append(p, name...)
+	p = append(p, chunkExt...)
+	return string(p)
 }
 
 func (d *Disk) lock(id cid.Cid) *sync.Mutex {
@@ -411,11 +432,27 @@ func (d *Disk) readFrame(id cid.Cid) (*[]byte, error) {
 
 // Has reports whether a chunk file exists.
 func (d *Disk) Has(ctx context.Context, id cid.Cid) (bool, error) {
-	_, err := d.Stat(ctx, id)
-	if errors.Is(err, ErrNotFound) {
-		return false, nil
+	if err := ctx.Err(); err != nil {
+		return false, err
 	}
-	return err == nil, err
+	if err := manifest.CheckChunkID(id); err != nil {
+		return false, fmt.Errorf("has: %w", err)
+	}
+	// unix.Stat rather than Stat: no FileInfo, no wrapped error for an
+	// absent chunk, on a path the have service takes for every chunk of a
+	// release for each subscriber.
+	var st unix.Stat_t
+	for {
+		err := unix.Stat(d.path(id), &st)
+		switch {
+		case err == nil:
+			return true, nil
+		case err == unix.ENOENT:
+			return false, nil
+		case err != unix.EINTR:
+			return false, fmt.Errorf("chunk %s: %w", id, &fs.PathError{Op: "stat", Path: d.path(id), Err: err})
+		}
+	}
 }
 
 // Stat returns the size and modification time of a chunk file.
