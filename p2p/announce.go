@@ -1,7 +1,6 @@
 package p2p
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -124,7 +123,8 @@ func (is *IndexService) handleIndex(ctx context.Context, s network.Stream) error
 		st, env = StatusUnavailable, nil
 	}
 	ds.hard = time.Time{}
-	bw := bufio.NewWriter(ds)
+	bw := getWriter(ds)
+	defer putWriter(bw)
 	if err := writeFrameParts(bw, []byte{byte(st)}, env); err != nil {
 		return fmt.Errorf("write index response: %w", err)
 	}

@@ -1,13 +1,11 @@
 package p2p
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -51,16 +49,6 @@ const chunkWriteBuffer = 32 << 10
 
 // chunkReadBuffer sizes the client's read buffer.
 const chunkReadBuffer = 64 << 10
-
-// Every chunk stream needs a read or write buffer and a frame buffer. They
-// are pooled: fresh for each stream, they were half the bytes a 500-node
-// testnet allocated, and fresh memory costs page faults and clearing before
-// it holds a byte.
-var (
-	chunkReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, chunkReadBuffer) }}
-	chunkWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, chunkWriteBuffer) }}
-	frameBufs    = sync.Pool{New: func() any { return new([]byte) }}
-)
 
 // ChunkConfig configures a ChunkService. The zero value is valid.
 type ChunkConfig struct {
@@ -116,13 +104,13 @@ func (cs *ChunkService) handle(ctx context.Context, s network.Stream) error {
 		return err
 	}
 	ds.idle, ds.hard = cs.cfg.WriteTimeout, time.Time{}
-	w := chunkWriters.Get().(*bufio.Writer)
+	w := chunkWriters.get()
 	w.Reset(cs.cfg.Limiter.Writer(ctx, ds))
-	bufp := frameBufs.Get().(*[]byte)
+	bufp := frameBufs.get()
 	defer func() {
 		w.Reset(nil)
-		chunkWriters.Put(w)
-		frameBufs.Put(bufp)
+		chunkWriters.put(w)
+		frameBufs.put(bufp)
 	}()
 	appender, _ := cs.frames.(store.FrameAppender)
 	for _, id := range ids {
@@ -183,15 +171,15 @@ func (c *Client) GetChunks(ctx context.Context, p peer.ID, ids []cid.Cid, fn fun
 		return fail(ctx, s, fmt.Errorf("send chunk request to %s: %w", p, err))
 	}
 	_ = s.CloseWrite()
-	br := chunkReaders.Get().(*bufio.Reader)
+	br := chunkReaders.get()
 	br.Reset(c.Limiter.Reader(ctx, ds))
-	bufp := frameBufs.Get().(*[]byte)
+	bufp := frameBufs.get()
 	buf := (*bufp)[:0]
 	defer func() {
 		br.Reset(nil)
-		chunkReaders.Put(br)
+		chunkReaders.put(br)
 		*bufp = buf[:0]
-		frameBufs.Put(bufp)
+		frameBufs.put(bufp)
 	}()
 	for _, id := range ids {
 		ds.hard = time.Now().Add(c.chunk())

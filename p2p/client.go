@@ -1,7 +1,6 @@
 package p2p
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"time"
@@ -73,7 +72,9 @@ func (c *Client) call(ctx context.Context, p peer.ID, pid protocol.ID, req []byt
 		return 0, nil, fail(ctx, s, fmt.Errorf("send %s request to %s: %w", pid, p, err))
 	}
 	_ = s.CloseWrite()
-	resp, err := ReadFrame(bufio.NewReader(ds), 1+limit)
+	br := getReader(ds)
+	resp, err := ReadFrame(br, 1+limit)
+	putReader(br)
 	if err != nil {
 		return 0, nil, fail(ctx, s, fmt.Errorf("read %s response from %s: %w", pid, p, err))
 	}

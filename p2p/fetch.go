@@ -870,12 +870,12 @@ func (f *fetch) request(p *fetchPeer, batch []int) {
 				f.events <- fetchEvent{peer: p.id, kind: chunkAbsent, index: i}
 				return nil
 			}
-			buf := frameBufs.Get().(*[]byte)
+			buf := frameBufs.get()
 			*buf = append((*buf)[:0], frame...)
 			select {
 			case f.writers <- struct{}{}:
 			case <-pctx.Done():
-				frameBufs.Put(buf)
+				frameBufs.put(buf)
 				return pctx.Err()
 			}
 			puts.Add(1)
@@ -883,7 +883,7 @@ func (f *fetch) request(p *fetchPeer, batch []int) {
 				defer puts.Done()
 				ev := f.store(pctx, p.id, i, id, *buf)
 				<-f.writers
-				frameBufs.Put(buf)
+				frameBufs.put(buf)
 				if ev.kind == chunkRejected {
 					bad.Store(true)
 				}

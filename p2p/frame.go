@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -163,31 +162,24 @@ func unexpected(err error) error {
 	return err
 }
 
-// readerPool recycles the small bufio.Readers handlers read requests with;
-// a handler runs per stream and requests are a few bytes, so allocating a
-// 4 KiB buffer for each would be most of a request's garbage.
-var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-
-func getReader(r io.Reader) *bufio.Reader {
-	br := readerPool.Get().(*bufio.Reader)
-	br.Reset(r)
-	return br
-}
-
-func putReader(br *bufio.Reader) {
-	br.Reset(nil)
-	readerPool.Put(br)
-}
-
 // deadlineStream sets a fresh deadline before every Read and Write on a
 // stream: a peer that stops making progress for idle is cut off, while a
 // slow but steady one is not. hard, if set, is a deadline no operation may
 // pass however much progress it makes. With neither set it clears the
 // deadline.
+//
+// Setting a deadline costs the muxer a new timer, so a deadline stands
+// until it is an eighth of idle old: a peer is cut off after between 7/8 of
+// idle and idle without progress. A chunk stream reads in pieces of a few
+// KiB; setting the deadline for each was a million timers in a 500-node
+// testnet.
 type deadlineStream struct {
 	s    network.Stream
 	idle time.Duration
 	hard time.Time
+
+	readBy, writeBy   time.Time // deadlines last set
+	readSet, writeSet bool
 }
 
 // deadline returns the deadline for the next operation; zero means none.
@@ -202,9 +194,24 @@ func (d *deadlineStream) deadline() time.Time {
 	return t
 }
 
+// refresh returns whether the deadline last set, by, must give way to t,
+// the deadline for an operation starting now.
+func (d *deadlineStream) refresh(set bool, by, t time.Time) bool {
+	switch {
+	case !set || t.IsZero() != by.IsZero():
+		return true
+	case t.IsZero():
+		return false
+	}
+	return t.Before(by) || t.Sub(by) >= d.idle/8
+}
+
 func (d *deadlineStream) Read(p []byte) (int, error) {
-	if err := d.s.SetReadDeadline(d.deadline()); err != nil {
-		return 0, err
+	if t := d.deadline(); d.refresh(d.readSet, d.readBy, t) {
+		if err := d.s.SetReadDeadline(t); err != nil {
+			return 0, err
+		}
+		d.readBy, d.readSet = t, true
 	}
 	return d.s.Read(p)
 }
@@ -215,8 +222,11 @@ func (d *deadlineStream) Read(p []byte) (int, error) {
 func (d *deadlineStream) Write(p []byte) (int, error) {
 	var done int
 	for done < len(p) {
-		if err := d.s.SetWriteDeadline(d.deadline()); err != nil {
-			return done, err
+		if t := d.deadline(); d.refresh(d.writeSet, d.writeBy, t) {
+			if err := d.s.SetWriteDeadline(t); err != nil {
+				return done, err
+			}
+			d.writeBy, d.writeSet = t, true
 		}
 		n, err := d.s.Write(p[done:min(len(p), done+deadlineWritePiece)])
 		done += n

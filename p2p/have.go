@@ -145,7 +145,8 @@ func (hs *HaveService) handle(ctx context.Context, s network.Stream) error {
 		return err
 	}
 	ds.hard = time.Time{}
-	bw := bufio.NewWriter(ds)
+	bw := getWriter(ds)
+	defer putWriter(bw)
 	respond := func(st Status) error {
 		if err := WriteFrame(bw, EncodeHaveResponse(st, nil, 0)); err != nil {
 			return fmt.Errorf("write have response: %w", err)

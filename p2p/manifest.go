@@ -1,7 +1,6 @@
 package p2p
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -101,7 +100,8 @@ func (m *ManifestService) handle(ctx context.Context, s network.Stream) error {
 	// The response may be large and the peer slow: only the idle timeout
 	// applies from here.
 	ds.hard = time.Time{}
-	bw := bufio.NewWriter(ds)
+	bw := getWriter(ds)
+	defer putWriter(bw)
 	if err := writeFrameParts(bw, []byte{byte(st)}, env); err != nil {
 		return fmt.Errorf("write manifest response: %w", err)
 	}

@@ -1,7 +1,6 @@
 package p2p
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -47,7 +46,8 @@ func writeJSONAnswer(w io.Writer, what string, v any, limit int) error {
 	if len(body) > limit-1 {
 		return fmt.Errorf("%s of %d bytes: %w", what, len(body), ErrFrameTooLarge)
 	}
-	bw := bufio.NewWriter(w)
+	bw := getWriter(w)
+	defer putWriter(bw)
 	if err := writeFrameParts(bw, []byte{byte(StatusOK)}, body); err != nil {
 		return err
 	}
