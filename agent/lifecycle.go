@@ -412,10 +412,17 @@ func (a *agentState) download(e manifest.IndexEntry, stage bool) (_ *manifest.Ma
 		found := a.report(tctx, e, p2p.StateFetching, id)
 		peers = append(peers, found...)
 		peers = append(peers, a.sitePeers()...)
+		given := make(map[peer.ID]bool, len(peers))
+		for _, p := range peers {
+			given[p] = true
+		}
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			t := time.NewTicker(trackerPeriod)
+			// The tracker names the same peers again and again once a
+			// site has settled: ask less often while it names no new one.
+			period := trackerPeriod
+			t := time.NewTimer(period)
 			defer t.Stop()
 			for {
 				select {
@@ -423,14 +430,23 @@ func (a *agentState) download(e manifest.IndexEntry, stage bool) (_ *manifest.Ma
 					return
 				case <-t.C:
 				}
-				found := append(a.report(tctx, e, p2p.StateFetching, id), a.sitePeers()...)
-				if len(found) > 0 {
+				var fresh []peer.ID
+				for _, p := range append(a.report(tctx, e, p2p.StateFetching, id), a.sitePeers()...) {
+					if !given[p] {
+						given[p] = true
+						fresh = append(fresh, p)
+					}
+				}
+				period = min(2*period, maxTrackerPeriod)
+				if len(fresh) > 0 {
+					period = trackerPeriod
 					select {
-					case more <- found:
+					case more <- fresh:
 					case <-tctx.Done():
 						return
 					}
 				}
+				t.Reset(period)
 			}
 		}()
 	}

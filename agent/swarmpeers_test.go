@@ -32,7 +32,7 @@ func TestSwarmPeersAreStableSymmetricAndBounded(t *testing.T) {
 		}
 	}
 	// A pair scores the same from either end, so most nodes are chosen
-	// back by their first choice (about 4 in 24 would be, by chance).
+	// back by their first choice (about 3 in 24 would be, by chance).
 	mutual := 0
 	for _, a := range site {
 		b := swarmPeers(a, others(a), 1)[0]
