@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -102,16 +103,21 @@ func TestShapedConnCarriesBothWaysAndCounts(t *testing.T) {
 // is measured by BenchmarkPipeAccuracy.
 
 func TestPipeNeverExceedsItsRate(t *testing.T) {
-	const rate, n = 2 << 20, 2 << 20
-	target, got := sink(t)
-	c := shaped(t, target, Path{NewPipe("wan", rate, 0)}, nil)
-	start := time.Now()
-	send(t, c, n)
-	if m := <-got; m != n {
-		t.Fatalf("received %d bytes, want %d", m, n)
-	}
-	if el, min := time.Since(start), time.Duration(float64(n-pieceSize)/rate*float64(time.Second)); el < min*95/100 {
-		t.Errorf("%d bytes through a %d B/s pipe took %s, less than %s", n, rate, el, min)
+	for _, rate := range []int{2 << 20, 48 << 20} { // pieces of 16 KiB, of 64 KiB
+		t.Run(fmt.Sprintf("%d B/s", rate), func(t *testing.T) {
+			n := int64(rate) // a second's worth
+			pipe := NewPipe("wan", int64(rate), 0)
+			target, got := sink(t)
+			c := shaped(t, target, Path{pipe}, nil)
+			start := time.Now()
+			send(t, c, n)
+			if m := <-got; m != n {
+				t.Fatalf("received %d bytes, want %d", m, n)
+			}
+			if el, min := time.Since(start), time.Duration(float64(n-int64(pipe.piece))/float64(rate)*float64(time.Second)); el < min*95/100 {
+				t.Errorf("%d bytes through a %d B/s pipe took %s, less than %s", n, rate, el, min)
+			}
+		})
 	}
 }
 
@@ -194,6 +200,13 @@ func BenchmarkPipeAccuracy(b *testing.B) {
 		cl := shaped(b, lt, Path{NewPipe("far", rate, 50*time.Millisecond)}, nil)
 		far := measure(func() { send(b, cl, n); <-lg })
 		b.ReportMetric(float64(n)/far/rate, "latency_50ms_of_rate")
+
+		// A LAN link, moved in 64 KiB pieces.
+		const lan = 16 * rate
+		tf, gf := sink(b)
+		cf := shaped(b, tf, Path{NewPipe("lan", lan, 250*time.Microsecond)}, nil)
+		fast := measure(func() { send(b, cf, 8*n); <-gf })
+		b.ReportMetric(float64(8*n)/fast/lan, "lan_128MiBps_of_rate")
 	}
 }
 
