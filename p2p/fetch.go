@@ -69,7 +69,7 @@ type FetchConfig struct {
 	// Costly, if set, marks peers to ask only for chunks that no other
 	// usable peer has, such as a proxy's upstream across the WAN beside
 	// the proxies of sibling sites: what a sibling already holds is not
-	// fetched from the origin again.
+	// fetched from the origin again, except in the last batch (see tail).
 	Costly func(peer.ID) bool
 	// Share, if it names more than this host, makes this fetch one of
 	// several splitting the release between them, such as the proxies of
@@ -232,6 +232,7 @@ type fetch struct {
 	rank       []int     // tie-break order among equally rare chunks
 	owner      []peer.ID // with a Share: the peer whose part each chunk is in
 	cheapNews  time.Time // when a peer that is not Costly last announced a chunk
+	hasCostly  bool      // a peer is Costly
 	pending    []int     // missing chunks not in flight, in random order
 	pendingPos []int     // position of each chunk in pending, or -1
 	remaining  int
@@ -367,7 +368,7 @@ func chunkRanks(ids []cid.Cid, self peer.ID, share []peer.ID, rng *rand.Rand) (r
 // peer has it, and it is this host's part of a share, or its owner is gone,
 // or shareOpen (the sharing peers have been silent too long).
 func (f *fetch) costlyMay(i int, shareOpen bool) bool {
-	if f.cheapAvail[i] > 0 {
+	if f.cheapAvail[i] > 0 && !f.tail() {
 		return false
 	}
 	if shareOpen || f.owner == nil || f.owner[i] == f.h.ID() {
@@ -375,6 +376,14 @@ func (f *fetch) costlyMay(i int, shareOpen bool) bool {
 	}
 	o := f.peers[f.owner[i]]
 	return o == nil || o.gone
+}
+
+// tail reports whether a fetch with Costly peers is at its last batch:
+// then cheap peers get one chunk at a time and Costly peers any chunk, so
+// that the last chunks do not wait in a queue at a sibling's WAN uplink,
+// shared with every other proxy finishing too, while the upstream is idle.
+func (f *fetch) tail() bool {
+	return f.cfg.Costly != nil && f.hasCostly && f.remaining <= f.cfg.BatchSize
 }
 
 // addPeer adds p to the fetch and returns it, or returns nil if p is this
@@ -385,6 +394,7 @@ func (f *fetch) addPeer(p peer.ID) *fetchPeer {
 	}
 	fp := &fetchPeer{id: p, window: f.cfg.InitialWindow, asked: map[int]bool{}, stats: &PeerStats{}}
 	fp.costly = f.cfg.Costly != nil && f.cfg.Costly(p)
+	f.hasCostly = f.hasCostly || fp.costly
 	f.peers[p] = fp
 	f.order = append(f.order, fp)
 	f.res.Peers[p] = fp.stats
@@ -766,10 +776,14 @@ func (f *fetch) schedule() {
 			// window smaller than two batches, once half the window is
 			// free: one half travels while the other is asked for, so a
 			// small window on a long link is not stop-and-wait.
-			if p.gone || p.have == nil || p.window-p.inflight < min(f.cfg.BatchSize, f.remaining, max(1, p.window/2)) {
+			window := p.window
+			if f.tail() && !p.costly {
+				window = 1
+			}
+			if p.gone || p.have == nil || window-p.inflight < min(f.cfg.BatchSize, f.remaining, max(1, window/2)) {
 				continue
 			}
-			batch := f.pickRarest(p, min(f.cfg.BatchSize, p.window-p.inflight))
+			batch := f.pickRarest(p, min(f.cfg.BatchSize, window-p.inflight))
 			// Endgame: the last batch's worth of chunks in flight is
 			// asked again of idle peers. Begun as soon as nothing was
 			// pending, with windows deep enough to hold most of a
@@ -800,7 +814,7 @@ func (f *fetch) pickRarest(p *fetchPeer, n int) []int {
 		}
 		return f.rank[a] < f.rank[b]
 	}
-	shareOpen := p.costly && time.Since(f.cheapNews) > f.cfg.ShareWait
+	shareOpen := p.costly && (f.tail() || time.Since(f.cheapNews) > f.cfg.ShareWait)
 	best := make([]int, 0, n)
 	for _, i := range f.pending {
 		if !p.have.Has(i) || (p.costly && !f.costlyMay(i, shareOpen)) {

@@ -242,6 +242,57 @@ func TestStallingPeerIsTakenOver(t *testing.T) {
 	}
 }
 
+// slowFrames serves every chunk after a delay, as a sibling proxy whose WAN
+// uplink others share.
+type slowFrames struct {
+	store.FrameGetter
+	delay time.Duration
+}
+
+func (s *slowFrames) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.FrameGetter.GetFrame(ctx, id)
+}
+
+func TestTheLastBatchGoesToTheCostlyPeerRatherThanQueueAtASlowCheapOne(t *testing.T) {
+	m, id, chunks := testRelease(t, 4<<20, 8)
+	sibling := newSwarmNode(t, m, id, func(fg store.FrameGetter) store.FrameGetter {
+		return &slowFrames{FrameGetter: fg, delay: 20 * time.Millisecond}
+	})
+	putChunks(t, sibling.s, chunks)
+	origin := newSwarmNode(t, m, id, nil)
+	putChunks(t, origin.s, chunks)
+	f := newSwarmNode(t, m, id, nil)
+	// Windows of 4, as a proxy's on a thin WAN link, so that chunks are
+	// left to hand out when the last batch begins.
+	cfg := FetchConfig{Costly: func(p peer.ID) bool { return p == origin.h.ID() }, NoEndgame: true, InitialWindow: 4, MaxWindow: 4}
+	// The origin joins once the sibling's bitmap is in: before, the
+	// origin would rightly be asked for what no one else has.
+	more := make(chan []peer.ID, 1)
+	cfg.MorePeers = more
+	later := f.know(origin)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		more <- later
+	}()
+	res, err := f.fetch(testContext(t), m, id, f.know(sibling), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireComplete(t, f.s, m)
+	total, batch := len(m.ChunkIDs()), 16
+	o, sib := res.Peers[origin.h.ID()], res.Peers[sibling.h.ID()]
+	// Until the last batch only the sibling is asked; in it the sibling
+	// gets one chunk at a time and the origin the rest.
+	if o.Chunks == 0 || o.Chunks > batch || sib.Chunks < total-batch || res.Duplicates != 0 {
+		t.Errorf("origin sent %d, sibling %d of %d chunks, %d duplicates; want the sibling all but part of the last %d", o.Chunks, sib.Chunks, total, res.Duplicates, batch)
+	}
+}
+
 func TestStallingPeerIsTimedOut(t *testing.T) {
 	m, id, chunks := testRelease(t, 4<<20, 3)
 	stalling := newSwarmNode(t, m, id, func(fg store.FrameGetter) store.FrameGetter { return &staller{FrameGetter: fg} })
