@@ -600,6 +600,11 @@ func (a *agentState) loadLifecycle() error {
 	if err := a.importMarkers(); err != nil {
 		return err
 	}
+	// Files staged by a download of an earlier run are only a head start,
+	// and none is in use yet.
+	if err := store.RemoveAssemblies(filepath.Join(a.n.cfg.DataDir, installedDir), ""); err != nil {
+		a.log.Warn("agent: remove files staged by an earlier run", "err", err)
+	}
 	inst, err := a.db.records(bucketInstalled)
 	if err != nil {
 		return err

@@ -98,9 +98,9 @@ func NewAssembly(m *manifest.Manifest, parent string) (*Assembly, error) {
 	return a, nil
 }
 
-// RemoveAssemblies removes what assemblies of the release name left in
-// parent, such as a process killed while fetching. No assembly of name may
-// be in use.
+// RemoveAssemblies removes what assemblies of the release name, or of
+// every release if name is empty, left in parent, such as a process killed
+// while fetching. No assembly it removes may be in use.
 func RemoveAssemblies(parent, name string) error {
 	entries, err := os.ReadDir(parent)
 	if errors.Is(err, os.ErrNotExist) {
@@ -112,7 +112,11 @@ func RemoveAssemblies(parent, name string) error {
 	prefix := "." + name + assemblyMark
 	var errs []error
 	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), prefix) {
+		mine := strings.HasPrefix(e.Name(), prefix)
+		if name == "" {
+			mine = strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), assemblyMark)
+		}
+		if e.IsDir() && mine {
 			errs = append(errs, os.RemoveAll(filepath.Join(parent, e.Name())))
 		}
 	}

@@ -249,4 +249,9 @@ func TestAssemblyDiscardAndLeftovers(t *testing.T) {
 	if err := store.RemoveAssemblies(filepath.Join(parent, "absent"), "SP-S041000005"); err != nil {
 		t.Errorf("RemoveAssemblies in an absent directory: %v", err)
 	}
+	// Without a name: every release's, still not the plain file.
+	if err := store.RemoveAssemblies(parent, ""); err != nil {
+		t.Fatal(err)
+	}
+	checkNoLeftovers(t, parent, ".SP-S041000005.assembly-file")
 }
