@@ -241,40 +241,17 @@ func (w *extractor) writeFile(ctx context.Context, f *manifest.File, created boo
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		var err error
 		if w.placed[c.CID] {
-			if err := w.readPlaced(out, size, int(c.Size), h); err != nil {
-				return fmt.Errorf("file %s: chunk %d of %d (%s), staged: %w", f.Path, i+1, len(f.Chunks), c.CID, err)
-			}
-			size += int64(c.Size)
-			continue
+			err = readPlaced(out, size, int(c.Size), h)
+		} else {
+			err = w.writeFetched(ctx, out, size, int(c.Size), h)
 		}
-		var p *fetched
-		select {
-		case p = <-w.chunks:
-		case <-ctx.Done():
-			return ctx.Err()
+		if err != nil {
+			return fmt.Errorf("file %s: chunk %d of %d (%s): %w", f.Path, i+1, len(f.Chunks), c.CID, err)
 		}
-		if p == nil {
-			return ctx.Err() // the fetcher stopped: ctx ended
-		}
-		select {
-		case <-p.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if p.err != nil {
-			return fmt.Errorf("file %s: chunk %d of %d (%s): %w", f.Path, i+1, len(f.Chunks), c.CID, p.err)
-		}
-		if len(p.data) != int(c.Size) {
-			return fmt.Errorf("file %s: chunk %d of %d (%s) has %d bytes, the manifest says %d", f.Path, i+1, len(f.Chunks), c.CID, len(p.data), c.Size)
-		}
-		if _, err := out.WriteAt(p.data, size); err != nil {
-			return fmt.Errorf("file %s: %w", f.Path, err)
-		}
-		h.Write(p.data)
-		size += int64(len(p.data))
-		w.written += int64(len(p.data))
-		putBuf(p.buf)
+		size += int64(c.Size)
+		w.written += int64(c.Size)
 		if w.progress != nil {
 			w.progress(w.written)
 		}
@@ -292,9 +269,40 @@ func (w *extractor) writeFile(ctx context.Context, f *manifest.File, created boo
 	return nil
 }
 
-// readPlaced hashes the n bytes at off of a staged file into h. The file's
-// digest, checked after its last chunk, is what vouches for them.
-func (w *extractor) readPlaced(f *os.File, off int64, n int, h hash.Hash) error {
+// writeFetched writes the next fetched chunk, of n bytes, at off of f and
+// hashes it into h.
+func (w *extractor) writeFetched(ctx context.Context, f *os.File, off int64, n int, h hash.Hash) error {
+	var p *fetched
+	select {
+	case p = <-w.chunks:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if p == nil {
+		return ctx.Err() // the fetcher stopped: ctx ended
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if p.err != nil {
+		return p.err
+	}
+	defer putBuf(p.buf)
+	if len(p.data) != n {
+		return fmt.Errorf("%d bytes, the manifest says %d", len(p.data), n)
+	}
+	if _, err := f.WriteAt(p.data, off); err != nil {
+		return err
+	}
+	h.Write(p.data)
+	return nil
+}
+
+// readPlaced hashes into h the n bytes at off of a file an Assembly staged.
+// The file's digest, checked after its last chunk, is what vouches for them.
+func readPlaced(f *os.File, off int64, n int, h hash.Hash) error {
 	buf := getBuf(n)
 	defer putBuf(buf)
 	if _, err := f.ReadAt(*buf, off); err != nil {
@@ -304,10 +312,6 @@ func (w *extractor) readPlaced(f *os.File, off int64, n int, h hash.Hash) error 
 		return err
 	}
 	h.Write(*buf)
-	w.written += int64(n)
-	if w.progress != nil {
-		w.progress(w.written)
-	}
 	return nil
 }
 
