@@ -383,7 +383,7 @@ func (f *fetch) costlyMay(i int, shareOpen bool) bool {
 // that the last chunks do not wait in a queue at a sibling's WAN uplink,
 // shared with every other proxy finishing too, while the upstream is idle.
 func (f *fetch) tail() bool {
-	return f.cfg.Costly != nil && f.hasCostly && f.remaining <= f.cfg.BatchSize
+	return f.hasCostly && f.remaining <= f.cfg.BatchSize
 }
 
 // addPeer adds p to the fetch and returns it, or returns nil if p is this
@@ -884,12 +884,12 @@ func (f *fetch) request(p *fetchPeer, batch []int) {
 				f.events <- fetchEvent{peer: p.id, kind: chunkAbsent, index: i}
 				return nil
 			}
-			buf := frameBufs.get()
+			buf := frameBufs.Get().(*[]byte)
 			*buf = append((*buf)[:0], frame...)
 			select {
 			case f.writers <- struct{}{}:
 			case <-pctx.Done():
-				frameBufs.put(buf)
+				frameBufs.Put(buf)
 				return pctx.Err()
 			}
 			puts.Add(1)
@@ -897,7 +897,7 @@ func (f *fetch) request(p *fetchPeer, batch []int) {
 				defer puts.Done()
 				ev := f.store(pctx, p.id, i, id, *buf)
 				<-f.writers
-				frameBufs.put(buf)
+				frameBufs.Put(buf)
 				if ev.kind == chunkRejected {
 					bad.Store(true)
 				}
