@@ -123,8 +123,8 @@ func (is *IndexService) handleIndex(ctx context.Context, s network.Stream) error
 		st, env = StatusUnavailable, nil
 	}
 	ds.hard = time.Time{}
-	bw := getWriter(ds)
-	defer putWriter(bw)
+	bw := smallWriters.get(ds)
+	defer smallWriters.put(bw)
 	if err := writeFrameParts(bw, []byte{byte(st)}, env); err != nil {
 		return fmt.Errorf("write index response: %w", err)
 	}

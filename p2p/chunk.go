@@ -104,13 +104,11 @@ func (cs *ChunkService) handle(ctx context.Context, s network.Stream) error {
 		return err
 	}
 	ds.idle, ds.hard = cs.cfg.WriteTimeout, time.Time{}
-	w := chunkWriters.get()
-	w.Reset(cs.cfg.Limiter.Writer(ctx, ds))
-	bufp := frameBufs.get()
+	w := chunkWriters.get(cs.cfg.Limiter.Writer(ctx, ds))
+	bufp := frameBufs.Get().(*[]byte)
 	defer func() {
-		w.Reset(nil)
 		chunkWriters.put(w)
-		frameBufs.put(bufp)
+		frameBufs.Put(bufp)
 	}()
 	appender, _ := cs.frames.(store.FrameAppender)
 	for _, id := range ids {
@@ -171,15 +169,13 @@ func (c *Client) GetChunks(ctx context.Context, p peer.ID, ids []cid.Cid, fn fun
 		return fail(ctx, s, fmt.Errorf("send chunk request to %s: %w", p, err))
 	}
 	_ = s.CloseWrite()
-	br := chunkReaders.get()
-	br.Reset(c.Limiter.Reader(ctx, ds))
-	bufp := frameBufs.get()
+	br := chunkReaders.get(c.Limiter.Reader(ctx, ds))
+	bufp := frameBufs.Get().(*[]byte)
 	buf := (*bufp)[:0]
 	defer func() {
-		br.Reset(nil)
 		chunkReaders.put(br)
 		*bufp = buf[:0]
-		frameBufs.put(bufp)
+		frameBufs.Put(bufp)
 	}()
 	for _, id := range ids {
 		ds.hard = time.Now().Add(c.chunk())

@@ -184,7 +184,7 @@ func TestChunkClientRejectsBadResponses(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			server, client := mocknetPair(t)
 			server.SetStreamHandler(ChunkProtocol, func(s network.Stream) {
-				_, _ = ReadFrame(getReader(s), maxChunkRequest)
+				_, _ = ReadFrame(smallReaders.get(s), maxChunkRequest)
 				_, _ = s.Write(tc.respond)
 				_ = s.Close()
 			})
@@ -209,7 +209,7 @@ func stallingServer(t *testing.T, server host.Host, pid protocol.ID, trickle tim
 	t.Cleanup(func() { close(done) })
 	server.SetStreamHandler(pid, func(s network.Stream) {
 		defer s.Reset()
-		_, _ = ReadFrame(getReader(s), 1<<20)
+		_, _ = ReadFrame(smallReaders.get(s), 1<<20)
 		if trickle == 0 {
 			<-done
 			return

@@ -72,9 +72,9 @@ func (c *Client) call(ctx context.Context, p peer.ID, pid protocol.ID, req []byt
 		return 0, nil, fail(ctx, s, fmt.Errorf("send %s request to %s: %w", pid, p, err))
 	}
 	_ = s.CloseWrite()
-	br := getReader(ds)
+	br := smallReaders.get(ds)
 	resp, err := ReadFrame(br, 1+limit)
-	putReader(br)
+	smallReaders.put(br)
 	if err != nil {
 		return 0, nil, fail(ctx, s, fmt.Errorf("read %s response from %s: %w", pid, p, err))
 	}

@@ -130,10 +130,10 @@ func (hs *HaveService) release() {
 
 func (hs *HaveService) handle(ctx context.Context, s network.Stream) error {
 	ds := &deadlineStream{s: s, idle: hs.cfg.IdleTimeout, hard: time.Now().Add(hs.cfg.IdleTimeout)}
-	br := getReader(ds)
+	br := smallReaders.get(ds)
 	p, err := ReadFrame(br, maxHaveRequest)
 	extra := br.Buffered()
-	putReader(br)
+	smallReaders.put(br)
 	if err != nil {
 		return fmt.Errorf("read have request: %w", err)
 	}
@@ -145,8 +145,8 @@ func (hs *HaveService) handle(ctx context.Context, s network.Stream) error {
 		return err
 	}
 	ds.hard = time.Time{}
-	bw := getWriter(ds)
-	defer putWriter(bw)
+	bw := smallWriters.get(ds)
+	defer smallWriters.put(bw)
 	respond := func(st Status) error {
 		if err := WriteFrame(bw, EncodeHaveResponse(st, nil, 0)); err != nil {
 			return fmt.Errorf("write have response: %w", err)

@@ -166,7 +166,7 @@ func TestHaveClientRejectsBadUpdates(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			server, client := mocknetPair(t)
 			server.SetStreamHandler(HaveProtocol, func(s network.Stream) {
-				_, _ = ReadFrame(getReader(s), maxHaveRequest)
+				_, _ = ReadFrame(smallReaders.get(s), maxHaveRequest)
 				_, _ = s.Write(tc.respond)
 				_ = s.Close()
 			})

@@ -100,8 +100,8 @@ func (m *ManifestService) handle(ctx context.Context, s network.Stream) error {
 	// The response may be large and the peer slow: only the idle timeout
 	// applies from here.
 	ds.hard = time.Time{}
-	bw := getWriter(ds)
-	defer putWriter(bw)
+	bw := smallWriters.get(ds)
+	defer smallWriters.put(bw)
 	if err := writeFrameParts(bw, []byte{byte(st)}, env); err != nil {
 		return fmt.Errorf("write manifest response: %w", err)
 	}

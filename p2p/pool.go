@@ -11,41 +11,29 @@ import (
 // each stream, they were half the bytes a 500-node testnet allocated, and
 // fresh memory costs page faults and clearing before it holds a byte.
 var (
-	chunkReaders = pool[*bufio.Reader]{p: sync.Pool{New: func() any { return bufio.NewReaderSize(nil, chunkReadBuffer) }}}
-	chunkWriters = pool[*bufio.Writer]{p: sync.Pool{New: func() any { return bufio.NewWriterSize(nil, chunkWriteBuffer) }}}
-	frameBufs    = pool[*[]byte]{p: sync.Pool{New: func() any { return new([]byte) }}}
-	smallReaders = pool[*bufio.Reader]{p: sync.Pool{New: func() any { return bufio.NewReaderSize(nil, smallFrame) }}}
-	smallWriters = pool[*bufio.Writer]{p: sync.Pool{New: func() any { return bufio.NewWriterSize(nil, smallFrame) }}}
+	chunkReaders = &bufPool[*bufio.Reader, io.Reader]{p: sync.Pool{New: func() any { return bufio.NewReaderSize(nil, chunkReadBuffer) }}}
+	chunkWriters = &bufPool[*bufio.Writer, io.Writer]{p: sync.Pool{New: func() any { return bufio.NewWriterSize(nil, chunkWriteBuffer) }}}
+	// smallReaders read requests and answers of a few bytes; smallWriters
+	// coalesce a status byte and a short body into one muxer frame.
+	smallReaders = &bufPool[*bufio.Reader, io.Reader]{p: sync.Pool{New: func() any { return bufio.NewReaderSize(nil, smallFrame) }}}
+	smallWriters = &bufPool[*bufio.Writer, io.Writer]{p: sync.Pool{New: func() any { return bufio.NewWriterSize(nil, smallFrame) }}}
+	// frameBufs holds *[]byte, grown to the largest frame each has held.
+	frameBufs = sync.Pool{New: func() any { return new([]byte) }}
 )
 
-// pool is a sync.Pool of T.
-type pool[T any] struct{ p sync.Pool }
+// bufPool pools bufio readers (T *bufio.Reader, S io.Reader) or writers
+// (T *bufio.Writer, S io.Writer): get attaches one to a stream and put
+// detaches it, so that a pooled buffer never keeps an ended stream alive.
+type bufPool[T interface{ Reset(S) }, S any] struct{ p sync.Pool }
 
-func (p *pool[T]) get() T  { return p.p.Get().(T) }
-func (p *pool[T]) put(v T) { p.p.Put(v) }
-
-// getReader returns a small pooled reader of r, for requests and answers of
-// a few bytes; putReader returns it.
-func getReader(r io.Reader) *bufio.Reader {
-	br := smallReaders.get()
-	br.Reset(r)
-	return br
+func (bp *bufPool[T, S]) get(s S) T {
+	v := bp.p.Get().(T)
+	v.Reset(s)
+	return v
 }
 
-func putReader(br *bufio.Reader) {
-	br.Reset(nil)
-	smallReaders.put(br)
-}
-
-// getWriter returns a small pooled writer to w, which coalesces a status
-// byte and a short body into one muxer frame; putWriter returns it.
-func getWriter(w io.Writer) *bufio.Writer {
-	bw := smallWriters.get()
-	bw.Reset(w)
-	return bw
-}
-
-func putWriter(bw *bufio.Writer) {
-	bw.Reset(nil)
-	smallWriters.put(bw)
+func (bp *bufPool[T, S]) put(v T) {
+	var none S
+	v.Reset(none)
+	bp.p.Put(v)
 }

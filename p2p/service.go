@@ -27,12 +27,12 @@ const defaultIdleTimeout = 30 * time.Second
 // take longer.
 func readRequest(s network.Stream, idle time.Duration, limit int) (*deadlineStream, []byte, error) {
 	ds := &deadlineStream{s: s, idle: idle, hard: time.Now().Add(idle)}
-	br := getReader(ds)
+	br := smallReaders.get(ds)
 	p, err := ReadFrame(br, limit)
 	if err == nil {
 		err = expectEOF(br)
 	}
-	putReader(br)
+	smallReaders.put(br)
 	return ds, p, err
 }
 
@@ -46,8 +46,8 @@ func writeJSONAnswer(w io.Writer, what string, v any, limit int) error {
 	if len(body) > limit-1 {
 		return fmt.Errorf("%s of %d bytes: %w", what, len(body), ErrFrameTooLarge)
 	}
-	bw := getWriter(w)
-	defer putWriter(bw)
+	bw := smallWriters.get(w)
+	defer smallWriters.put(bw)
 	if err := writeFrameParts(bw, []byte{byte(StatusOK)}, body); err != nil {
 		return err
 	}
