@@ -26,6 +26,33 @@ type Index struct {
 	// installs only releases deployed to it; proxies replicate the
 	// releases deployed to their site.
 	Deployments []Deployment `json:"deployments,omitempty"`
+	// Proxies enrol the proxies whose status reports are believed: each
+	// may report the status of the sites it names, its own and those of
+	// the proxies below it. A report of any other site, or from any other
+	// peer, is refused, so that no node can speak for a site.
+	Proxies []ProxyEnrolment `json:"proxies,omitempty"`
+}
+
+// ProxyEnrolment names a proxy by its libp2p peer ID and the sites whose
+// status it reports.
+type ProxyEnrolment struct {
+	Peer  string   `json:"peer"`
+	Sites []string `json:"sites"`
+}
+
+// maxPeerIDLen bounds a peer ID's text: an identity multihash of an
+// ed25519 key is 52 characters in base58, a SHA-256 one 46.
+const maxPeerIDLen = 128
+
+// MayReport reports whether the proxy with peer ID p is enrolled to report
+// the status of site.
+func (ix *Index) MayReport(p, site string) bool {
+	for _, e := range ix.Proxies {
+		if e.Peer == p && slices.Contains(e.Sites, site) {
+			return true
+		}
+	}
+	return false
 }
 
 // Deployment modes.
@@ -154,6 +181,44 @@ func (ix *Index) Validate() error {
 		}
 		deployed[d] = true
 	}
+	if len(ix.Proxies) > MaxIndexEntries {
+		return fmt.Errorf("index version %d: %d proxies, more than %d: %w", ix.Version, len(ix.Proxies), MaxIndexEntries, ErrTooLarge)
+	}
+	proxies := make(map[string]bool, len(ix.Proxies))
+	for i, e := range ix.Proxies {
+		if err := validatePeerID(e.Peer); err != nil {
+			return fmt.Errorf("index version %d: proxy %d: %w", ix.Version, i+1, err)
+		}
+		if proxies[e.Peer] {
+			return fmt.Errorf("index version %d: proxy %s appears twice: %w", ix.Version, e.Peer, ErrInvalid)
+		}
+		proxies[e.Peer] = true
+		if len(e.Sites) == 0 || len(e.Sites) > MaxIndexEntries {
+			return fmt.Errorf("index version %d: proxy %s: %d sites, want 1 to %d: %w", ix.Version, e.Peer, len(e.Sites), MaxIndexEntries, ErrInvalid)
+		}
+		for j, site := range e.Sites {
+			if err := ValidateSite(site); err != nil {
+				return fmt.Errorf("index version %d: proxy %s: %w", ix.Version, e.Peer, err)
+			}
+			if j > 0 && e.Sites[j-1] == site {
+				return fmt.Errorf("index version %d: proxy %s: site %s appears twice: %w", ix.Version, e.Peer, site, ErrInvalid)
+			}
+		}
+	}
+	return nil
+}
+
+// validatePeerID checks the form of a libp2p peer ID's text (base58 or
+// base32 letters and digits); that it decodes is the agents' to check.
+func validatePeerID(p string) error {
+	if len(p) == 0 || len(p) > maxPeerIDLen {
+		return fmt.Errorf("peer ID of %d characters, want 1 to %d: %w", len(p), maxPeerIDLen, ErrInvalid)
+	}
+	for _, r := range p {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return fmt.Errorf("peer ID %q: character %q not allowed: %w", p, r, ErrInvalid)
+		}
+	}
 	return nil
 }
 
@@ -194,6 +259,15 @@ func MarshalIndex(ix *Index) ([]byte, error) {
 		return cmp.Or(strings.Compare(a.Release, b.Release), strings.Compare(a.Selector, b.Selector),
 			strings.Compare(a.Mode, b.Mode), strings.Compare(a.Window, b.Window))
 	})
+	c.Proxies = make([]ProxyEnrolment, len(ix.Proxies))
+	for i, e := range ix.Proxies {
+		c.Proxies[i] = ProxyEnrolment{Peer: e.Peer, Sites: slices.Clone(e.Sites)}
+		slices.Sort(c.Proxies[i].Sites)
+	}
+	slices.SortFunc(c.Proxies, func(a, b ProxyEnrolment) int { return strings.Compare(a.Peer, b.Peer) })
+	if len(c.Proxies) == 0 {
+		c.Proxies = nil
+	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}

@@ -597,6 +597,28 @@ func TestIndexValidate(t *testing.T) {
 		{"deployment selector too long", with(func(ix *Index) {
 			ix.Deployments = []Deployment{{Release: "SP-S041000005", Selector: strings.Repeat("a", MaxSelectorLen+1), Mode: ModeAssigned}}
 		}), ErrTooLarge},
+		{"proxies, sites in any order", with(func(ix *Index) {
+			ix.Proxies = []ProxyEnrolment{
+				{Peer: "12D3KooWQbnMX7tGsbbPFFUA6e5QcdV6n7RNBxvyA3nhMZcKVCB7", Sites: []string{"west", "region-1", "east"}},
+				{Peer: "12D3KooWAfPDpPRRRBrmqy9is2zjU5srQ4hKuZitiGmh4NTTpS2d", Sites: []string{"north"}},
+			}
+		}), nil},
+		{"a proxy twice", with(func(ix *Index) {
+			p := ProxyEnrolment{Peer: "12D3KooWAfPDpPRRRBrmqy9is2zjU5srQ4hKuZitiGmh4NTTpS2d", Sites: []string{"north"}}
+			ix.Proxies = []ProxyEnrolment{p, p}
+		}), ErrInvalid},
+		{"a proxy without sites", with(func(ix *Index) {
+			ix.Proxies = []ProxyEnrolment{{Peer: "12D3KooWAfPDpPRRRBrmqy9is2zjU5srQ4hKuZitiGmh4NTTpS2d"}}
+		}), ErrInvalid},
+		{"a proxy site twice", with(func(ix *Index) {
+			ix.Proxies = []ProxyEnrolment{{Peer: "12D3KooWAfPDpPRRRBrmqy9is2zjU5srQ4hKuZitiGmh4NTTpS2d", Sites: []string{"b", "a", "b"}}}
+		}), ErrInvalid},
+		{"a proxy peer ID with a path in it", with(func(ix *Index) {
+			ix.Proxies = []ProxyEnrolment{{Peer: "../12D3KooW", Sites: []string{"a"}}}
+		}), ErrInvalid},
+		{"a proxy of a bad site", with(func(ix *Index) {
+			ix.Proxies = []ProxyEnrolment{{Peer: "12D3KooWAfPDpPRRRBrmqy9is2zjU5srQ4hKuZitiGmh4NTTpS2d", Sites: []string{"../a"}}}
+		}), ErrInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -615,6 +637,37 @@ func TestIndexValidate(t *testing.T) {
 				t.Errorf("index changed in a round trip")
 			}
 		})
+	}
+}
+
+func TestIndexSaysWhichProxyReportsWhichSite(t *testing.T) {
+	ix := testIndex(t, 1)
+	ix.Proxies = []ProxyEnrolment{{Peer: "12D3KooWQbnMX7tGsbbPFFUA6e5QcdV6n7RNBxvyA3nhMZcKVCB7", Sites: []string{"west", "east"}}}
+	b, err := MarshalIndex(ix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseIndex(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		peer, site string
+		want       bool
+	}{
+		{"12D3KooWQbnMX7tGsbbPFFUA6e5QcdV6n7RNBxvyA3nhMZcKVCB7", "east", true},
+		{"12D3KooWQbnMX7tGsbbPFFUA6e5QcdV6n7RNBxvyA3nhMZcKVCB7", "west", true},
+		{"12D3KooWQbnMX7tGsbbPFFUA6e5QcdV6n7RNBxvyA3nhMZcKVCB7", "north", false},
+		{"12D3KooWAfPDpPRRRBrmqy9is2zjU5srQ4hKuZitiGmh4NTTpS2d", "east", false},
+	} {
+		if got.MayReport(tt.peer, tt.site) != tt.want {
+			t.Errorf("MayReport(%s, %s) = %v, want %v", tt.peer, tt.site, !tt.want, tt.want)
+		}
+	}
+	// Without proxies the encoding is what it was before they existed.
+	plain := testIndex(t, 1)
+	if b, err := MarshalIndex(plain); err != nil || bytes.Contains(b, []byte("proxies")) {
+		t.Errorf("an index without proxies encodes as %s, %v", b, err)
 	}
 }
 
