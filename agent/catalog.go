@@ -12,11 +12,13 @@ import (
 
 	"github.com/ipfs/go-cid"
 
+	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/manifest"
 )
 
-// ErrReleaseNotFound means the catalog holds no release of that name or CID.
-var ErrReleaseNotFound = errors.New("release not found")
+// ErrReleaseNotFound means no release of that name or CID is held (or in the
+// index, for what acts on the index).
+var ErrReleaseNotFound = fmt.Errorf("release %w", adminapi.ErrNotFound)
 
 // Catalog holds the signed envelopes of the releases a node has, one file per
 // release name under <data-dir>/releases/. Envelopes are stored as received,

@@ -8,11 +8,9 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
-	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
-	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/patchctl/patchctl/manifest"
@@ -20,42 +18,11 @@ import (
 	"github.com/patchctl/patchctl/store"
 )
 
-// NodeConfig configures a node. The zero value of each optional field is a
-// sensible default.
-type NodeConfig struct {
-	DataDir     string
-	ListenAddrs []string // default p2p.DefaultListenAddrs()
-	// NetworkKey closes the swarm to nodes with the same pre-shared key.
-	NetworkKey []byte
-	// Allow, if not empty, are the only peers the node talks to.
-	Allow []peer.ID
-	// MaxUploadRate caps what the node serves, in bytes/s; 0 is unlimited.
-	MaxUploadRate int
-	// Gater, if set, decides which peers and addresses the host may dial
-	// and accept, beside Allow; the testnet uses it to make hosts dial one
-	// another only through shaped links.
-	Gater connmgr.ConnectionGater
-	// HostReady, if set, is called with the host before the node serves
-	// or its agent dials anyone: the testnet wires its links with it.
-	HostReady func(host.Host)
-	// DialTCP, if set, opens the host's outgoing TCP connections (see
-	// p2p.HostConfig).
-	DialTCP tcp.DialerForAddr
-	// Peers is how many peers the host holds connections to at once (see
-	// p2p.HostConfig); 0 is defaultServingPeers for an origin or proxy,
-	// libp2p's defaults for a node.
-	Peers int
-
-	// The fields below make the node an agent of a site that learns of
-	// releases by itself. Without a Root the node only serves what it has
-	// and fetches what it is told to.
-	AgentConfig
-}
-
-// Node is a peer of the swarm: a libp2p host serving the manifests, have
+// Peer is a member of the swarm: a libp2p host serving the manifests, have
 // bitmaps and chunks of the releases in its data dir, and of the releases it
-// is fetching, as their chunks arrive.
-type Node struct {
+// is fetching, as their chunks arrive. It knows nothing of agents: an agent's
+// role hands it what it serves (a proxy, its cache).
+type Peer struct {
 	Host    host.Host
 	Store   *store.Disk
 	Catalog *Catalog
@@ -65,28 +32,12 @@ type Node struct {
 	have     *p2p.HaveService
 	chunk    *p2p.ChunkService
 
-	cfg    NodeConfig
+	cfg    PeerConfig
 	client *p2p.Client
 
 	mu       sync.Mutex
 	fetching map[cid.Cid]*inFlight // releases being fetched, by manifest CID
 	known    chan struct{}         // closed and replaced when fetching gains a release
-
-	agent *agentState // nil unless cfg.Root is set
-}
-
-// defaultServingPeers is how many peers an origin or a proxy holds at once
-// unless told otherwise: every node of a large site, or the proxies of
-// thousands of sites, or an origin that nodes fetch from directly. libp2p's
-// defaults stop at 192 peers and 256 inbound connections, and a 500-node
-// test fleet of direct clients stalled on them.
-const defaultServingPeers = 4096
-
-func (cfg NodeConfig) peers() int {
-	if cfg.Peers == 0 && cfg.Root != nil && (cfg.Role == RoleOrigin || cfg.Role == RoleProxy) {
-		return defaultServingPeers
-	}
-	return cfg.Peers
 }
 
 // inFlight is a release being fetched, served to peers as its chunks arrive.
@@ -96,8 +47,9 @@ type inFlight struct {
 	chunks   []cid.Cid
 }
 
-// StartNode opens the data dir and starts serving.
-func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
+// NewPeer opens the data dir and starts the host, listening; it serves
+// nothing until Serve.
+func NewPeer(ctx context.Context, cfg PeerConfig) (*Peer, error) {
 	s, err := store.OpenDisk(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -106,10 +58,7 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := cfg.AgentConfig.validate(); err != nil {
-		return nil, err
-	}
-	hc := p2p.HostConfig{DataDir: cfg.DataDir, ListenAddrs: cfg.ListenAddrs, NetworkKey: cfg.NetworkKey, Gater: cfg.Gater, DialTCP: cfg.DialTCP, Peers: cfg.peers()}
+	hc := p2p.HostConfig{DataDir: cfg.DataDir, ListenAddrs: cfg.ListenAddrs, NetworkKey: cfg.NetworkKey, Gater: cfg.Gater, DialTCP: cfg.DialTCP, Peers: cfg.Peers}
 	if len(cfg.Allow) > 0 {
 		hc.Allow = p2p.NewAllowlist(cfg.Allow...)
 	}
@@ -120,48 +69,52 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	if cfg.HostReady != nil {
 		cfg.HostReady(h)
 	}
-	n := &Node{
+	return &Peer{
 		Host: h, Store: s, Catalog: cat, cfg: cfg,
 		client:   &p2p.Client{Host: h},
 		notifier: p2p.NewHaveNotifier(),
 		fetching: map[cid.Cid]*inFlight{},
 		known:    make(chan struct{}),
-	}
-	var frames store.FrameGetter = s
-	var has store.Haser = s
-	if cfg.Root != nil {
-		if err := n.startAgent(ctx); err != nil {
-			h.Close()
-			return nil, err
-		}
-		if n.agent.cache != nil {
-			frames, has = n.agent.cache, n.agent
-		}
-	}
-	n.manifest = p2p.NewManifestService(h, n, p2p.ManifestConfig{Logger: cfg.Logger})
-	n.have = p2p.NewHaveService(h, n, has, n.notifier, p2p.HaveConfig{Logger: cfg.Logger})
-	n.chunk = p2p.NewChunkService(h, frames, p2p.ChunkConfig{Limiter: p2p.NewRateLimiter(cfg.MaxUploadRate), Logger: cfg.Logger})
-	if n.agent != nil {
-		n.runAgent()
-	}
-	return n, nil
+	}, nil
 }
 
-// Close stops the agent, stops serving and waits for the handlers to end.
-func (n *Node) Close() error {
-	if n.agent != nil {
-		n.agent.stop()
+// Serving is what a peer serves beside its catalog's manifests: the zero
+// value serves chunks from its own store.
+type Serving struct {
+	// Frames serves chunk frames (a proxy: its cache over its upstream).
+	Frames store.FrameGetter
+	// Has answers the have protocol (a proxy: its cache's claims too).
+	Has store.Haser
+}
+
+// Serve starts serving the manifest, have and chunk protocols.
+func (p *Peer) Serve(s Serving) {
+	if s.Frames == nil {
+		s.Frames = p.Store
 	}
-	n.chunk.Close()
-	n.have.Close()
-	n.manifest.Close()
-	return n.Host.Close()
+	if s.Has == nil {
+		s.Has = p.Store
+	}
+	log := p.cfg.Logger
+	p.manifest = p2p.NewManifestService(p.Host, p, p2p.ManifestConfig{Logger: log})
+	p.have = p2p.NewHaveService(p.Host, p, s.Has, p.notifier, p2p.HaveConfig{Logger: log})
+	p.chunk = p2p.NewChunkService(p.Host, s.Frames, p2p.ChunkConfig{Limiter: p2p.NewRateLimiter(p.cfg.MaxUploadRate), Logger: log})
+}
+
+// Close stops serving, waits for the handlers to end and closes the host.
+func (p *Peer) Close() error {
+	if p.chunk != nil {
+		p.chunk.Close()
+		p.have.Close()
+		p.manifest.Close()
+	}
+	return p.Host.Close()
 }
 
 // Addrs returns the node's listen addresses with its peer ID, as peers dial
 // them.
-func (n *Node) Addrs() []ma.Multiaddr {
-	info := peer.AddrInfo{ID: n.Host.ID(), Addrs: n.Host.Addrs()}
+func (p *Peer) Addrs() []ma.Multiaddr {
+	info := peer.AddrInfo{ID: p.Host.ID(), Addrs: p.Host.Addrs()}
 	addrs, err := peer.AddrInfoToP2pAddrs(&info)
 	if err != nil {
 		return nil // unreachable: the host's own ID and addresses are valid
@@ -171,8 +124,8 @@ func (n *Node) Addrs() []ma.Multiaddr {
 
 // Envelope serves the manifest protocol from the catalog and the releases
 // being fetched.
-func (n *Node) Envelope(ctx context.Context, ref string) ([]byte, error) {
-	r, err := n.lookup(ctx, ref)
+func (p *Peer) Envelope(ctx context.Context, ref string) ([]byte, error) {
+	r, err := p.lookup(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -180,8 +133,8 @@ func (n *Node) Envelope(ctx context.Context, ref string) ([]byte, error) {
 }
 
 // ReleaseChunks serves the have protocol for releases held and being fetched.
-func (n *Node) ReleaseChunks(ctx context.Context, id cid.Cid) ([]cid.Cid, error) {
-	r, err := n.lookup(ctx, id.String())
+func (p *Peer) ReleaseChunks(ctx context.Context, id cid.Cid) ([]cid.Cid, error) {
+	r, err := p.lookup(ctx, id.String())
 	if err != nil {
 		return nil, err
 	}
@@ -196,20 +149,20 @@ const knownWait = 5 * time.Second
 
 // lookup finds the release ref (a name or manifest CID) among those being
 // fetched and in the catalog, waiting up to knownWait for it to appear.
-func (n *Node) lookup(ctx context.Context, ref string) (*inFlight, error) {
+func (p *Peer) lookup(ctx context.Context, ref string) (*inFlight, error) {
 	deadline := time.NewTimer(knownWait)
 	defer deadline.Stop()
 	for {
-		n.mu.Lock()
-		known := n.known
-		for id, r := range n.fetching {
+		p.mu.Lock()
+		known := p.known
+		for id, r := range p.fetching {
 			if r.name == ref || id.String() == ref {
-				n.mu.Unlock()
+				p.mu.Unlock()
 				return r, nil
 			}
 		}
-		n.mu.Unlock()
-		r, err := n.Catalog.Get(ref)
+		p.mu.Unlock()
+		r, err := p.Catalog.Get(ref)
 		if err == nil {
 			return &inFlight{name: r.Name, envelope: r.Envelope, chunks: r.Manifest.ChunkIDs()}, nil
 		}
@@ -227,21 +180,21 @@ func (n *Node) lookup(ctx context.Context, ref string) (*inFlight, error) {
 }
 
 // startFetching serves r while it is fetched, and wakes lookups waiting for it.
-func (n *Node) startFetching(id cid.Cid, r *inFlight) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.fetching[id] = r
-	close(n.known)
-	n.known = make(chan struct{})
+func (p *Peer) startFetching(id cid.Cid, r *inFlight) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fetching[id] = r
+	close(p.known)
+	p.known = make(chan struct{})
 }
 
-func (n *Node) stopFetching(id cid.Cid) {
-	n.mu.Lock()
-	delete(n.fetching, id)
-	n.mu.Unlock()
+func (p *Peer) stopFetching(id cid.Cid) {
+	p.mu.Lock()
+	delete(p.fetching, id)
+	p.mu.Unlock()
 }
 
-// FetchOptions tune Node.Fetch.
+// FetchOptions tune Peer.Fetch.
 type FetchOptions struct {
 	Progress func(p2p.FetchProgress)
 	Swarm    p2p.FetchConfig // Notifier and Progress are set by Fetch
@@ -265,7 +218,7 @@ type FetchSummary struct {
 
 // Connect adds peers' addresses (multiaddrs ending in /p2p/<id>) to the
 // peerstore and returns their IDs.
-func (n *Node) Connect(addrs []string) ([]peer.ID, error) {
+func (p *Peer) Connect(addrs []string) ([]peer.ID, error) {
 	var ids []peer.ID
 	for _, s := range addrs {
 		a, err := ma.NewMultiaddr(s)
@@ -276,7 +229,7 @@ func (n *Node) Connect(addrs []string) ([]peer.ID, error) {
 		if err != nil {
 			return nil, fmt.Errorf("peer address %q must end in /p2p/<peer-id>: %w", s, err)
 		}
-		n.Host.Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.PermanentAddrTTL)
+		p.Host.Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.PermanentAddrTTL)
 		ids = append(ids, info.ID)
 	}
 	return ids, nil
@@ -287,37 +240,37 @@ func (n *Node) Connect(addrs []string) ([]peer.ID, error) {
 // that name held here (rollback); then every missing chunk, verified as it
 // arrives and served on to other peers at once; then the release is pinned
 // and its envelope saved, so it is served as a whole from then on.
-func (n *Node) Fetch(ctx context.Context, root *manifest.Root, ref string, peers []peer.ID, opts FetchOptions) (*FetchSummary, error) {
+func (p *Peer) Fetch(ctx context.Context, root *manifest.Root, ref string, peers []peer.ID, opts FetchOptions) (*FetchSummary, error) {
 	now := time.Now
 	if opts.Now != nil {
 		now = opts.Now
 	}
 	start := time.Now()
-	envelope, m, id, err := n.fetchEnvelope(ctx, root, ref, peers, now())
+	envelope, m, id, err := p.fetchEnvelope(ctx, root, ref, peers, now())
 	if err != nil {
 		return nil, err
 	}
-	return n.fetchRelease(ctx, envelope, m, id, peers, n.Store, opts, start)
+	return p.fetchRelease(ctx, envelope, m, id, peers, p.Store, opts, start)
 }
 
 // fetchRelease fetches the chunks of a verified release into s, then makes
 // them durable, pins them and saves the envelope.
-func (n *Node) fetchRelease(ctx context.Context, envelope []byte, m *manifest.Manifest, id cid.Cid, peers []peer.ID, s p2p.FetchStore, opts FetchOptions, start time.Time) (*FetchSummary, error) {
+func (p *Peer) fetchRelease(ctx context.Context, envelope []byte, m *manifest.Manifest, id cid.Cid, peers []peer.ID, s p2p.FetchStore, opts FetchOptions, start time.Time) (*FetchSummary, error) {
 	ids := m.ChunkIDs()
-	n.startFetching(id, &inFlight{name: m.Name, envelope: envelope, chunks: ids})
-	defer n.stopFetching(id)
+	p.startFetching(id, &inFlight{name: m.Name, envelope: envelope, chunks: ids})
+	defer p.stopFetching(id)
 	cfg := opts.Swarm
-	cfg.Notifier = n.notifier
+	cfg.Notifier = p.notifier
 	cfg.Progress = opts.Progress
-	res, err := p2p.Fetch(ctx, n.Host, s, m, id, peers, cfg)
+	res, err := p2p.Fetch(ctx, p.Host, s, m, id, peers, cfg)
 	sum := &FetchSummary{Name: m.Name, CID: id.String(), Peers: map[string]int64{}, Manifest: m}
 	if res != nil {
 		sum.ChunksTotal, sum.ChunksPresent, sum.ChunksFetched = res.ChunksTotal, res.ChunksPresent, res.ChunksFetched
 		sum.BytesFetched, sum.Duplicates = res.BytesFetched, res.Duplicates
-		for p, st := range res.Peers {
-			sum.Peers[p.String()] = st.WireBytes
+		for pid, st := range res.Peers {
+			sum.Peers[pid.String()] = st.WireBytes
 			if st.Banned {
-				sum.Banned = append(sum.Banned, p.String())
+				sum.Banned = append(sum.Banned, pid.String())
 			}
 		}
 	}
@@ -327,13 +280,13 @@ func (n *Node) fetchRelease(ctx context.Context, envelope []byte, m *manifest.Ma
 	}
 	// Chunk names durable, then the pin, then the envelope: the same order
 	// as publishing, for the same reason.
-	if err := n.Store.Sync(ctx); err != nil {
+	if err := p.Store.Sync(ctx); err != nil {
 		return sum, err
 	}
-	if err := n.Store.Pin(ctx, m.Name, ids); err != nil {
+	if err := p.Store.Pin(ctx, m.Name, ids); err != nil {
 		return sum, err
 	}
-	if err := n.Catalog.Save(m.Name, envelope); err != nil {
+	if err := p.Catalog.Save(m.Name, envelope); err != nil {
 		return sum, err
 	}
 	sum.Seconds = time.Since(start).Seconds()
@@ -341,15 +294,15 @@ func (n *Node) fetchRelease(ctx context.Context, envelope []byte, m *manifest.Ma
 }
 
 // fetchEnvelope asks peers in turn for ref's envelope until one verifies.
-func (n *Node) fetchEnvelope(ctx context.Context, root *manifest.Root, ref string, peers []peer.ID, now time.Time) ([]byte, *manifest.Manifest, cid.Cid, error) {
+func (p *Peer) fetchEnvelope(ctx context.Context, root *manifest.Root, ref string, peers []peer.ID, now time.Time) ([]byte, *manifest.Manifest, cid.Cid, error) {
 	wantID, byCID := cid.Undef, false
 	if c, err := cid.Decode(ref); err == nil {
 		wantID, byCID = c, true
 	}
-	client := &p2p.Client{Host: n.Host}
+	client := &p2p.Client{Host: p.Host}
 	var errs []error
-	for _, p := range peers {
-		envelope, err := client.GetEnvelope(ctx, p, ref)
+	for _, from := range peers {
+		envelope, err := client.GetEnvelope(ctx, from, ref)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -358,14 +311,14 @@ func (n *Node) fetchEnvelope(ctx context.Context, root *manifest.Root, ref strin
 		if err != nil {
 			// A peer handing out envelopes that do not verify is either
 			// behind on trust or lying; either way, try the next.
-			errs = append(errs, fmt.Errorf("envelope of %s from %s: %w", ref, p, err))
+			errs = append(errs, fmt.Errorf("envelope of %s from %s: %w", ref, from, err))
 			continue
 		}
 		if (byCID && !id.Equals(wantID)) || (!byCID && m.Name != ref) {
-			errs = append(errs, fmt.Errorf("%s answered %s with %s (%s): %w", p, ref, m.Name, id, manifest.ErrTampered))
+			errs = append(errs, fmt.Errorf("%s answered %s with %s (%s): %w", from, ref, m.Name, id, manifest.ErrTampered))
 			continue
 		}
-		held, err := n.Catalog.Get(m.Name)
+		held, err := p.Catalog.Get(m.Name)
 		switch {
 		case errors.Is(err, ErrReleaseNotFound):
 		case err != nil:

@@ -22,12 +22,12 @@ var (
 	// lifecycle state that must survive a restart (failed with its
 	// reason, install requested, retries acted on).
 	bucketReleases = []byte("releases")
-	// bucketSites: site name → p2p.SiteStatus, on proxies and the origin:
+	// bucketSites: site name → fleet.SiteStatus, on proxies and the origin:
 	// the latest status of every site below.
 	bucketSites = []byte("sites")
-	// bucketRetries: release name → []p2p.RetryOrder, on the origin.
+	// bucketRetries: release name → []fleet.RetryOrder, on the origin.
 	bucketRetries = []byte("retries")
-	// bucketMembers: peer ID → p2p.NodeStatus, on proxies: the site's
+	// bucketMembers: peer ID → fleet.NodeStatus, on proxies: the site's
 	// nodes as they last reported.
 	bucketMembers = []byte("members")
 )
@@ -39,9 +39,11 @@ type InstallRecord struct {
 	CID         string    `json:"cid"`
 	InstalledAt time.Time `json:"installed_at"`
 	Log         string    `json:"log,omitempty"` // the install's log file
-	// RestartRequired: the release takes effect when the agent restarts;
-	// cleared when it has.
+	// RestartRequired: the release takes effect when the machine
+	// restarts; cleared once the agent runs in another boot than BootID,
+	// the one it was installed in.
 	RestartRequired bool      `json:"restart_required,omitempty"`
+	BootID          string    `json:"boot_id,omitempty"`
 	RetiredAt       time.Time `json:"retired_at,omitzero"`
 	RetiredBy       string    `json:"retired_by,omitempty"`
 }

@@ -1,11 +1,10 @@
-package p2p
+package fleet
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
 	"time"
-	"unicode/utf8"
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -13,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/p2p"
 )
 
 // StatusProtocol carries fleet status up the tree: a proxy reports its
@@ -24,70 +24,19 @@ import (
 // Response, one frame: a status byte, then for StatusOK a StatusAnswer in
 // JSON (at most MaxStatusMessage bytes).
 //
-// Status is what peers say of themselves: it decides nothing about what is
-// installed (every node verifies what it installs against its trust root),
-// so it is taken from any peer the swarm admits, keyed by the reporting
-// peer, and shown as such.
+// A report is keyed by the authenticated peer of its stream: the receiver
+// takes a site's status only from a proxy the signed index enrols for that
+// site (see manifest.Index.Proxies).
 const StatusProtocol protocol.ID = "/patchctl/status/1.0.0"
 
 const (
 	// MaxStatusMessage bounds a status report or answer.
 	MaxStatusMessage = 16 << 20
-	// MaxReportedDeployments bounds the releases one node reports.
-	MaxReportedDeployments = 512
 	// MaxStatusSites bounds the sites of one status report.
 	MaxStatusSites = 4096
 	// MaxSiteNodes bounds the nodes of one site in a status report.
 	MaxSiteNodes = 100_000
-	// MaxRetryOrders bounds the retries of one answer.
-	MaxRetryOrders = 1024
-	// MaxLabels bounds a node's labels.
-	MaxLabels = 32
-	// maxReasonLen bounds a reason; longer ones are cut by the sender.
-	maxReasonLen = 2048
-	maxLabelLen  = 128
 )
-
-// Lifecycle states of a release deployed to a node.
-const (
-	StatePending         = "pending"     // targeted, not yet downloading
-	StateDownloading     = "downloading" // chunks arriving
-	StateDownloaded      = "downloaded"  // every chunk here; waiting for a window or an operator
-	StateInstalling      = "installing"
-	StateFailed          = "failed"           // the install failed; Reason says why
-	StateBlocked         = "blocked"          // waiting for a prerequisite; Reason names it
-	StateRefused         = "refused"          // never on this node; Reason says why
-	StateRestartRequired = "restart-required" // installed; takes effect when the agent restarts
-	StateRetired         = "retired"          // was installed; a newer service pack replaced it
-)
-
-var lifecycleStates = map[string]bool{
-	StatePending: true, StateDownloading: true, StateDownloaded: true, StateInstalling: true,
-	StateInstalled: true, StateFailed: true, StateBlocked: true, StateRefused: true,
-	StateRestartRequired: true, StateRetired: true,
-}
-
-// DeploymentStatus is a node's progress on one release deployed to it.
-type DeploymentStatus struct {
-	Release string `json:"release"`
-	State   string `json:"state"`
-	Reason  string `json:"reason,omitempty"`
-	// Have is true once every chunk of the release is stored.
-	Have  bool  `json:"have,omitempty"`
-	Bytes int64 `json:"bytes,omitempty"` // downloaded so far
-	Total int64 `json:"total,omitempty"` // to download in all
-	// Retry is the last retry generation the node acted on.
-	Retry uint64 `json:"retry,omitempty"`
-}
-
-// NodeStatus is one node as its proxy last heard of it.
-type NodeStatus struct {
-	ID          string             `json:"id"`
-	Target      string             `json:"target,omitempty"`
-	Labels      map[string]string  `json:"labels,omitempty"`
-	Seen        time.Time          `json:"seen"`
-	Deployments []DeploymentStatus `json:"deployments,omitempty"`
-}
 
 // SiteStatus is a site as its proxy sees it.
 type SiteStatus struct {
@@ -105,14 +54,6 @@ type StatusReport struct {
 	Sites []SiteStatus `json:"sites"`
 }
 
-// RetryOrder asks nodes to re-run a failed install of Release: every
-// targeted node, or only Node. A node acts on each Generation once.
-type RetryOrder struct {
-	Release    string `json:"release"`
-	Node       string `json:"node,omitempty"`
-	Generation uint64 `json:"generation"`
-}
-
 // StatusAnswer is the upstream's answer to a status report.
 type StatusAnswer struct {
 	Retry []RetryOrder `json:"retry,omitempty"`
@@ -121,26 +62,26 @@ type StatusAnswer struct {
 // Validate checks a report from the network.
 func (r *StatusReport) Validate() error {
 	if len(r.Sites) > MaxStatusSites {
-		return fmt.Errorf("status report of %d sites, at most %d: %w", len(r.Sites), MaxStatusSites, ErrMalformed)
+		return fmt.Errorf("status report of %d sites, at most %d: %w", len(r.Sites), MaxStatusSites, p2p.ErrMalformed)
 	}
 	for _, s := range r.Sites {
 		if err := manifest.ValidateSite(s.Site); err != nil {
-			return fmt.Errorf("status report: %v: %w", err, ErrMalformed)
+			return fmt.Errorf("status report: %v: %w", err, p2p.ErrMalformed)
 		}
 		if _, err := peer.Decode(s.Proxy); err != nil {
-			return fmt.Errorf("status report: site %s: proxy %q: %v: %w", s.Site, s.Proxy, err, ErrMalformed)
+			return fmt.Errorf("status report: site %s: proxy %q: %v: %w", s.Site, s.Proxy, err, p2p.ErrMalformed)
 		}
 		if len(s.Nodes) > MaxSiteNodes || len(s.Replicated) > MaxReportedDeployments {
-			return fmt.Errorf("status report: site %s: %d nodes, %d releases: %w", s.Site, len(s.Nodes), len(s.Replicated), ErrMalformed)
+			return fmt.Errorf("status report: site %s: %d nodes, %d releases: %w", s.Site, len(s.Nodes), len(s.Replicated), p2p.ErrMalformed)
 		}
 		for _, name := range s.Replicated {
 			if _, err := manifest.ParsePackName(name); err != nil {
-				return fmt.Errorf("status report: site %s: %v: %w", s.Site, err, ErrMalformed)
+				return fmt.Errorf("status report: site %s: %v: %w", s.Site, err, p2p.ErrMalformed)
 			}
 		}
 		for _, n := range s.Nodes {
 			if _, err := peer.Decode(n.ID); err != nil {
-				return fmt.Errorf("status report: site %s: node %q: %v: %w", s.Site, n.ID, err, ErrMalformed)
+				return fmt.Errorf("status report: site %s: node %q: %v: %w", s.Site, n.ID, err, p2p.ErrMalformed)
 			}
 			if err := validateFacts(n.Target, n.Labels, n.Deployments); err != nil {
 				return fmt.Errorf("status report: site %s: node %s: %w", s.Site, n.ID, err)
@@ -150,78 +91,10 @@ func (r *StatusReport) Validate() error {
 	return nil
 }
 
-// validateFacts checks what a node says of itself.
-func validateFacts(target string, labels map[string]string, deps []DeploymentStatus) error {
-	switch target {
-	case "", "client", "server":
-	default:
-		return fmt.Errorf("target %q, want client or server: %w", target, ErrMalformed)
-	}
-	if len(labels) > MaxLabels {
-		return fmt.Errorf("%d labels, at most %d: %w", len(labels), MaxLabels, ErrMalformed)
-	}
-	for k, v := range labels {
-		if k == "" || len(k) > maxLabelLen || len(v) > maxLabelLen || !utf8.ValidString(k) || !utf8.ValidString(v) {
-			return fmt.Errorf("label %q=%q: %w", k, v, ErrMalformed)
-		}
-	}
-	if len(deps) > MaxReportedDeployments {
-		return fmt.Errorf("%d deployments, at most %d: %w", len(deps), MaxReportedDeployments, ErrMalformed)
-	}
-	for _, d := range deps {
-		if _, err := manifest.ParsePackName(d.Release); err != nil {
-			return fmt.Errorf("%v: %w", err, ErrMalformed)
-		}
-		if !lifecycleStates[d.State] {
-			return fmt.Errorf("release %s: unknown state %q: %w", d.Release, d.State, ErrMalformed)
-		}
-		if len(d.Reason) > maxReasonLen || !utf8.ValidString(d.Reason) {
-			return fmt.Errorf("release %s: reason of %d bytes or not UTF-8: %w", d.Release, len(d.Reason), ErrMalformed)
-		}
-		if d.Bytes < 0 || d.Total < 0 {
-			return fmt.Errorf("release %s: negative byte count: %w", d.Release, ErrMalformed)
-		}
-	}
-	return nil
-}
-
-func validateRetries(orders []RetryOrder) error {
-	if len(orders) > MaxRetryOrders {
-		return fmt.Errorf("%d retries, at most %d: %w", len(orders), MaxRetryOrders, ErrMalformed)
-	}
-	for _, o := range orders {
-		if _, err := manifest.ParsePackName(o.Release); err != nil {
-			return fmt.Errorf("retry: %v: %w", err, ErrMalformed)
-		}
-		if o.Node != "" {
-			if _, err := peer.Decode(o.Node); err != nil {
-				return fmt.Errorf("retry of %s: node %q: %v: %w", o.Release, o.Node, err, ErrMalformed)
-			}
-		}
-		if o.Generation == 0 {
-			return fmt.Errorf("retry of %s: generation 0: %w", o.Release, ErrMalformed)
-		}
-	}
-	return nil
-}
-
-// CutReason shortens a reason to what a report carries, keeping its end,
-// where a hook's last lines are.
-func CutReason(s string) string {
-	if len(s) <= maxReasonLen {
-		return s
-	}
-	s = s[len(s)-maxReasonLen+3:]
-	for !utf8.ValidString(s) {
-		s = s[1:]
-	}
-	return "..." + s
-}
-
 // DecodeStatusReport decodes and validates a status request.
 func DecodeStatusReport(p []byte) (*StatusReport, error) {
 	var r StatusReport
-	if err := decodeJSON(p, &r); err != nil {
+	if err := p2p.DecodeJSON(p, &r); err != nil {
 		return nil, fmt.Errorf("status report: %w", err)
 	}
 	if err := r.Validate(); err != nil {
@@ -233,7 +106,7 @@ func DecodeStatusReport(p []byte) (*StatusReport, error) {
 // DecodeStatusAnswer decodes and validates a status answer.
 func DecodeStatusAnswer(p []byte) (*StatusAnswer, error) {
 	var a StatusAnswer
-	if err := decodeJSON(p, &a); err != nil {
+	if err := p2p.DecodeJSON(p, &a); err != nil {
 		return nil, fmt.Errorf("status answer: %w", err)
 	}
 	if err := validateRetries(a.Retry); err != nil {
@@ -254,25 +127,26 @@ type StatusService struct {
 	h    host.Host
 	sink StatusSink
 	idle time.Duration
-	g    *handlers
+	g    *p2p.Handlers
+	log  *slog.Logger
 }
 
 // NewStatusService registers the status handler on h.
 func NewStatusService(h host.Host, sink StatusSink, log *slog.Logger) *StatusService {
-	ss := &StatusService{h: h, sink: sink, idle: defaultIdleTimeout, g: newHandlers(log)}
-	h.SetStreamHandler(StatusProtocol, func(s network.Stream) { ss.g.serve(s, ss.handle) })
+	ss := &StatusService{h: h, sink: sink, idle: p2p.DefaultIdleTimeout, g: p2p.NewHandlers(log), log: orDiscard(log)}
+	h.SetStreamHandler(StatusProtocol, func(s network.Stream) { ss.g.Serve(s, ss.handle) })
 	return ss
 }
 
 // Close removes the handler and ends the handlers running.
 func (ss *StatusService) Close() error {
 	ss.h.RemoveStreamHandler(StatusProtocol)
-	ss.g.close()
+	ss.g.Close()
 	return nil
 }
 
 func (ss *StatusService) handle(ctx context.Context, s network.Stream) error {
-	ds, p, err := readRequest(s, ss.idle, MaxStatusMessage)
+	ds, p, err := p2p.ReadRequest(s, ss.idle, MaxStatusMessage)
 	if err != nil {
 		return fmt.Errorf("read status report: %w", err)
 	}
@@ -282,14 +156,14 @@ func (ss *StatusService) handle(ctx context.Context, s network.Stream) error {
 	}
 	answer, err := ss.sink.Status(ctx, s.Conn().RemotePeer(), report)
 	if err != nil {
-		ss.g.log.Warn("p2p: status failed", "err", err)
-		return WriteFrame(ds, []byte{byte(StatusUnavailable)})
+		ss.log.Warn("fleet: status failed", "err", err)
+		return p2p.WriteFrame(ds, []byte{byte(p2p.StatusUnavailable)})
 	}
 	if answer == nil {
 		answer = &StatusAnswer{}
 	}
 	answer.Retry = answer.Retry[:min(len(answer.Retry), MaxRetryOrders)]
-	return writeJSONAnswer(ds, "status answer", answer, MaxStatusMessage)
+	return p2p.WriteJSONAnswer(ds, "status answer", answer, MaxStatusMessage)
 }
 
 // ReportStatus sends report to p, an upstream, and returns its answer.
@@ -297,7 +171,7 @@ func (c *Client) ReportStatus(ctx context.Context, p peer.ID, report *StatusRepo
 	if err := report.Validate(); err != nil {
 		return nil, err
 	}
-	body, err := c.callJSON(ctx, p, StatusProtocol, "status report", report, MaxStatusMessage)
+	body, err := c.c.CallJSON(ctx, p, StatusProtocol, "status report", report, MaxStatusMessage)
 	if err != nil {
 		return nil, err
 	}

@@ -1,9 +1,7 @@
-package p2p
+package fleet
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -15,6 +13,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/p2p"
 )
 
 // TrackerProtocol is a site's tracker, served by its proxy: a node reports
@@ -91,24 +90,24 @@ type TrackerPeer struct {
 // Validate checks a report from the network.
 func (r *TrackerReport) Validate() error {
 	if err := manifest.ValidateSite(r.Site); err != nil {
-		return fmt.Errorf("tracker report: %v: %w", err, ErrMalformed)
+		return fmt.Errorf("tracker report: %v: %w", err, p2p.ErrMalformed)
 	}
 	if len(r.Releases) > MaxTrackedReleases {
-		return fmt.Errorf("tracker report of %d releases, at most %d: %w", len(r.Releases), MaxTrackedReleases, ErrMalformed)
+		return fmt.Errorf("tracker report of %d releases, at most %d: %w", len(r.Releases), MaxTrackedReleases, p2p.ErrMalformed)
 	}
 	for _, rel := range r.Releases {
 		if _, err := manifest.ParseManifestID(rel.CID); err != nil {
-			return fmt.Errorf("tracker report: %v: %w", err, ErrMalformed)
+			return fmt.Errorf("tracker report: %v: %w", err, p2p.ErrMalformed)
 		}
 		switch rel.State {
 		case StateFetching, StateHave, StateInstalled:
 		default:
-			return fmt.Errorf("tracker report: unknown state %q: %w", rel.State, ErrMalformed)
+			return fmt.Errorf("tracker report: unknown state %q: %w", rel.State, p2p.ErrMalformed)
 		}
 	}
 	if r.Want != "" {
 		if _, err := manifest.ParseManifestID(r.Want); err != nil {
-			return fmt.Errorf("tracker report: %v: %w", err, ErrMalformed)
+			return fmt.Errorf("tracker report: %v: %w", err, p2p.ErrMalformed)
 		}
 	}
 	if err := validateFacts(r.Target, r.Labels, r.Deployments); err != nil {
@@ -131,22 +130,22 @@ func (a *TrackerAnswer) Decode() (TrackResult, error) {
 
 func (a *TrackerAnswer) addrInfos() ([]peer.AddrInfo, error) {
 	if len(a.Peers) > MaxTrackerPeers {
-		return nil, fmt.Errorf("tracker answer of %d peers, at most %d: %w", len(a.Peers), MaxTrackerPeers, ErrMalformed)
+		return nil, fmt.Errorf("tracker answer of %d peers, at most %d: %w", len(a.Peers), MaxTrackerPeers, p2p.ErrMalformed)
 	}
 	infos := make([]peer.AddrInfo, 0, len(a.Peers))
 	for _, p := range a.Peers {
 		id, err := peer.Decode(p.ID)
 		if err != nil {
-			return nil, fmt.Errorf("tracker answer: peer %q: %v: %w", p.ID, err, ErrMalformed)
+			return nil, fmt.Errorf("tracker answer: peer %q: %v: %w", p.ID, err, p2p.ErrMalformed)
 		}
 		if len(p.Addrs) > maxPeerAddrs {
-			return nil, fmt.Errorf("tracker answer: peer %s has %d addresses, at most %d: %w", id, len(p.Addrs), maxPeerAddrs, ErrMalformed)
+			return nil, fmt.Errorf("tracker answer: peer %s has %d addresses, at most %d: %w", id, len(p.Addrs), maxPeerAddrs, p2p.ErrMalformed)
 		}
 		info := peer.AddrInfo{ID: id}
 		for _, s := range p.Addrs {
 			addr, err := ma.NewMultiaddr(s)
 			if err != nil {
-				return nil, fmt.Errorf("tracker answer: peer %s: address %q: %v: %w", id, s, err, ErrMalformed)
+				return nil, fmt.Errorf("tracker answer: peer %s: address %q: %v: %w", id, s, err, p2p.ErrMalformed)
 			}
 			info.Addrs = append(info.Addrs, addr)
 		}
@@ -173,7 +172,7 @@ func NewTrackerAnswer(r TrackResult) *TrackerAnswer {
 // DecodeTrackerReport decodes and validates a tracker request.
 func DecodeTrackerReport(p []byte) (*TrackerReport, error) {
 	var r TrackerReport
-	if err := decodeJSON(p, &r); err != nil {
+	if err := p2p.DecodeJSON(p, &r); err != nil {
 		return nil, fmt.Errorf("tracker report: %w", err)
 	}
 	if err := r.Validate(); err != nil {
@@ -185,22 +184,10 @@ func DecodeTrackerReport(p []byte) (*TrackerReport, error) {
 // DecodeTrackerAnswer decodes and validates a tracker answer.
 func DecodeTrackerAnswer(p []byte) (TrackResult, error) {
 	var a TrackerAnswer
-	if err := decodeJSON(p, &a); err != nil {
+	if err := p2p.DecodeJSON(p, &a); err != nil {
 		return TrackResult{}, fmt.Errorf("tracker answer: %w", err)
 	}
 	return a.Decode()
-}
-
-// decodeJSON decodes exactly one JSON value of p into v.
-func decodeJSON(p []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(p))
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%v: %w", err, ErrMalformed)
-	}
-	if dec.More() {
-		return fmt.Errorf("data after the JSON value: %w", ErrMalformed)
-	}
-	return nil
 }
 
 // Tracker answers tracker reports.
@@ -216,25 +203,26 @@ type TrackerService struct {
 	h       host.Host
 	tracker Tracker
 	idle    time.Duration
-	g       *handlers
+	g       *p2p.Handlers
+	log     *slog.Logger
 }
 
 // NewTrackerService registers the tracker handler on h.
 func NewTrackerService(h host.Host, t Tracker, log *slog.Logger) *TrackerService {
-	ts := &TrackerService{h: h, tracker: t, idle: defaultIdleTimeout, g: newHandlers(log)}
-	h.SetStreamHandler(TrackerProtocol, func(s network.Stream) { ts.g.serve(s, ts.handle) })
+	ts := &TrackerService{h: h, tracker: t, idle: p2p.DefaultIdleTimeout, g: p2p.NewHandlers(log), log: orDiscard(log)}
+	h.SetStreamHandler(TrackerProtocol, func(s network.Stream) { ts.g.Serve(s, ts.handle) })
 	return ts
 }
 
 // Close removes the handler and ends the handlers running.
 func (ts *TrackerService) Close() error {
 	ts.h.RemoveStreamHandler(TrackerProtocol)
-	ts.g.close()
+	ts.g.Close()
 	return nil
 }
 
 func (ts *TrackerService) handle(ctx context.Context, s network.Stream) error {
-	ds, p, err := readRequest(s, ts.idle, MaxTrackerMessage)
+	ds, p, err := p2p.ReadRequest(s, ts.idle, MaxTrackerMessage)
 	if err != nil {
 		return fmt.Errorf("read tracker report: %w", err)
 	}
@@ -244,10 +232,10 @@ func (ts *TrackerService) handle(ctx context.Context, s network.Stream) error {
 	}
 	res, err := ts.tracker.Track(ctx, s.Conn().RemotePeer(), report)
 	if err != nil {
-		ts.g.log.Warn("p2p: tracker failed", "err", err)
-		return WriteFrame(ds, []byte{byte(StatusUnavailable)})
+		ts.log.Warn("fleet: tracker failed", "err", err)
+		return p2p.WriteFrame(ds, []byte{byte(p2p.StatusUnavailable)})
 	}
-	return writeJSONAnswer(ds, "tracker answer", NewTrackerAnswer(res), MaxTrackerMessage)
+	return p2p.WriteJSONAnswer(ds, "tracker answer", NewTrackerAnswer(res), MaxTrackerMessage)
 }
 
 // Track sends report to the tracker p and returns the peers it names and
@@ -256,7 +244,7 @@ func (c *Client) Track(ctx context.Context, p peer.ID, report *TrackerReport) (T
 	if err := report.Validate(); err != nil {
 		return TrackResult{}, err
 	}
-	body, err := c.callJSON(ctx, p, TrackerProtocol, "tracker report", report, MaxTrackerMessage)
+	body, err := c.c.CallJSON(ctx, p, TrackerProtocol, "tracker report", report, MaxTrackerMessage)
 	if err != nil {
 		return TrackResult{}, err
 	}

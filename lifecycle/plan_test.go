@@ -1,4 +1,4 @@
-package agent
+package lifecycle
 
 import (
 	"testing"
@@ -39,16 +39,16 @@ func TestDeploymentsTargetNodesBySelectorModeAndWindow(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := planFor(tt.ix, e, tt.node)
-			if p.targeted != tt.targeted || p.assigned != tt.assigned || len(p.windows) != tt.windows {
+			p := PlanFor(tt.ix, e, tt.node)
+			if p.Targeted != tt.targeted || p.Assigned != tt.assigned || len(p.Windows) != tt.windows {
 				t.Errorf("plan = %+v, want targeted %v, assigned %v, %d windows", p, tt.targeted, tt.assigned, tt.windows)
 			}
 		})
 	}
-	if deployedToSite(ix(night), e, "b") || !deployedToSite(ix(night), e, "a") {
+	if DeployedToSite(ix(night), e, "b") || !DeployedToSite(ix(night), e, "a") {
 		t.Error("a proxy replicates a release deployed to another site only, or not one deployed to its own")
 	}
-	if !deployedToSite(ix(manifest.Deployment{Selector: "ring=canary", Mode: manifest.ModeAvailable}), e, "b") {
+	if !DeployedToSite(ix(manifest.Deployment{Selector: "ring=canary", Mode: manifest.ModeAvailable}), e, "b") {
 		t.Error("a deployment by label may match nodes of any site, so every proxy replicates it")
 	}
 }
@@ -58,12 +58,12 @@ func TestAnAssignedInstallWaitsForItsWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := plan{targeted: true, assigned: true, windows: []Window{w}}
+	p := Plan{Targeted: true, Assigned: true, Windows: []Window{w}}
 	noon := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
-	if ok, next := p.open(noon); ok || !next.Equal(time.Date(2026, 11, 22, 22, 0, 0, 0, time.UTC)) {
+	if ok, next := p.Open(noon); ok || !next.Equal(time.Date(2026, 11, 22, 22, 0, 0, 0, time.UTC)) {
 		t.Errorf("at noon: open %v, next %s; want closed until 22:00", ok, next)
 	}
-	if ok, _ := p.open(noon.Add(13 * time.Hour)); !ok {
+	if ok, _ := p.Open(noon.Add(13 * time.Hour)); !ok {
 		t.Error("at 01:00 the window is closed")
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package lifecycle
 
 import (
 	"fmt"
@@ -145,4 +145,20 @@ func targetName(t byte) string {
 		return "client"
 	}
 	return "server"
+}
+
+// Supersedes reports whether installing newer retires older on a node, by
+// the rules Decide applies: newer is a service pack, and older a service
+// pack or hotfix of the same release line and target with a lower service
+// pack number. A proxy need not hold a superseded release for its site.
+func Supersedes(newer, older string) bool {
+	n, err := manifest.ParsePackName(newer)
+	if err != nil || n.Kind != manifest.ServicePack {
+		return false
+	}
+	o, err := manifest.ParsePackName(older)
+	if err != nil || o.Kind == manifest.Generic {
+		return false
+	}
+	return o.Target == n.Target && sameLine(o, n) && o.ServicePack < n.ServicePack
 }

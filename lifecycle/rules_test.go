@@ -1,4 +1,4 @@
-package agent
+package lifecycle
 
 import (
 	"errors"
@@ -199,5 +199,35 @@ func TestDecideAgreesWithItselfAfterItsDecisionIsApplied(t *testing.T) {
 	}
 	if old, _ := Decide("HF-S041000005-002", "server", after); old.Action != ActionRefused {
 		t.Errorf("hotfix of the retired service pack: %+v, want refused", old)
+	}
+}
+
+func TestSupersedesFollowsTheRetireRule(t *testing.T) {
+	tests := []struct {
+		newer, older string
+		want         bool
+	}{
+		{"SP-S041000006", "SP-S041000005", true},
+		{"SP-S041000006", "HF-S041000005-012", true},
+		{"SP-S041000006", "HF-S041000006-001", false}, // a hotfix of the pack itself
+		{"SP-S041000005", "SP-S041000006", false},     // older does not supersede newer
+		{"SP-S041000006", "SP-C041000005", false},     // another target
+		{"SP-S041000006", "SP-S051000005", false},     // another release line
+		{"HF-S041000006-001", "SP-S041000005", false}, // a hotfix supersedes nothing
+		{"SP-S041000006", "agent-tools", false},       // generic packages stay
+		{"agent-tools", "SP-S041000005", false},
+	}
+	for _, tt := range tests {
+		if got := Supersedes(tt.newer, tt.older); got != tt.want {
+			t.Errorf("Supersedes(%s, %s) = %v, want %v", tt.newer, tt.older, got, tt.want)
+		}
+		// Whatever Supersedes says, Decide retires when the older is
+		// installed and the newer installs.
+		if tt.want {
+			d, err := Decide(tt.newer, "server", []string{tt.older})
+			if err != nil || d.Action != ActionInstall || len(d.Retire) != 1 || d.Retire[0] != tt.older {
+				t.Errorf("Decide(%s) with %s installed = %+v, %v; want it retired", tt.newer, tt.older, d, err)
+			}
+		}
 	}
 }

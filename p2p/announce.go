@@ -72,17 +72,17 @@ type IndexService struct {
 	src IndexSource
 	ann Announcements
 	cfg IndexConfig
-	g   *handlers
+	g   *Handlers
 }
 
 // NewIndexService registers the index and announce handlers on h; ann may be
 // nil for a node that takes no announcements (the origin).
 func NewIndexService(h host.Host, src IndexSource, ann Announcements, cfg IndexConfig) *IndexService {
-	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, defaultIdleTimeout)
-	is := &IndexService{h: h, src: src, ann: ann, cfg: cfg, g: newHandlers(cfg.Logger)}
-	h.SetStreamHandler(IndexProtocol, func(s network.Stream) { is.g.serve(s, is.handleIndex) })
+	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
+	is := &IndexService{h: h, src: src, ann: ann, cfg: cfg, g: NewHandlers(cfg.Logger)}
+	h.SetStreamHandler(IndexProtocol, func(s network.Stream) { is.g.Serve(s, is.handleIndex) })
 	if ann != nil {
-		h.SetStreamHandler(AnnounceProtocol, func(s network.Stream) { is.g.serve(s, is.handleAnnounce) })
+		h.SetStreamHandler(AnnounceProtocol, func(s network.Stream) { is.g.Serve(s, is.handleAnnounce) })
 	}
 	return is
 }
@@ -91,7 +91,7 @@ func NewIndexService(h host.Host, src IndexSource, ann Announcements, cfg IndexC
 func (is *IndexService) Close() error {
 	is.h.RemoveStreamHandler(IndexProtocol)
 	is.h.RemoveStreamHandler(AnnounceProtocol)
-	is.g.close()
+	is.g.Close()
 	return nil
 }
 

@@ -75,22 +75,22 @@ type ChunkService struct {
 	h      host.Host
 	frames store.FrameGetter
 	cfg    ChunkConfig
-	g      *handlers
+	g      *Handlers
 }
 
 // NewChunkService registers the chunk handler on h.
 func NewChunkService(h host.Host, frames store.FrameGetter, cfg ChunkConfig) *ChunkService {
-	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, defaultIdleTimeout)
+	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
 	cfg.WriteTimeout = orDefault(cfg.WriteTimeout, defaultChunkTimeout)
-	cs := &ChunkService{h: h, frames: frames, cfg: cfg, g: newHandlers(cfg.Logger)}
-	h.SetStreamHandler(ChunkProtocol, func(s network.Stream) { cs.g.serve(s, cs.handle) })
+	cs := &ChunkService{h: h, frames: frames, cfg: cfg, g: NewHandlers(cfg.Logger)}
+	h.SetStreamHandler(ChunkProtocol, func(s network.Stream) { cs.g.Serve(s, cs.handle) })
 	return cs
 }
 
 // Close removes the handler and ends the handlers running.
 func (cs *ChunkService) Close() error {
 	cs.h.RemoveStreamHandler(ChunkProtocol)
-	cs.g.close()
+	cs.g.Close()
 	return nil
 }
 

@@ -34,7 +34,7 @@ type Client struct {
 	Limiter *RateLimiter
 }
 
-func (c *Client) idle() time.Duration  { return orDefault(c.IdleTimeout, defaultIdleTimeout) }
+func (c *Client) idle() time.Duration  { return orDefault(c.IdleTimeout, DefaultIdleTimeout) }
 func (c *Client) chunk() time.Duration { return orDefault(c.ChunkTimeout, defaultChunkTimeout) }
 
 // open opens a stream to p for pid and arranges for it to be reset when ctx

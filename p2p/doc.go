@@ -1,9 +1,11 @@
-// Package p2p owns everything a node says to other nodes: the libp2p host
-// (identity, transports, private network key, peer allowlist), the wire
-// protocols (manifest, have, chunk) with their framing and message
-// encodings, and upload rate limits. The swarm fetcher, which chooses which
-// chunk to get from which peer, and peer scoring belong here too, built on
-// the Client of these protocols.
+// Package p2p owns how content moves between nodes: the libp2p host
+// (identity, transports, private network key, peer allowlist), the content
+// protocols (manifest, have, chunk, and index with its announcements) with
+// their framing and message encodings, upload and download rate limits, the
+// Upstream a proxy's cache fetches through, and the swarm fetcher, which
+// chooses which chunk to get from which peer, scores peers and bans liars.
+// The fleet's own protocols (tracker, status) live in package fleet, built on
+// the framing, handlers and client exported here.
 //
 // It depends on chunk storage only through the small interfaces it declares
 // or borrows from package store (Haser, FrameGetter), never on a concrete

@@ -83,7 +83,7 @@ type HaveService struct {
 	has      store.Haser
 	notifier *HaveNotifier
 	cfg      HaveConfig
-	g        *handlers
+	g        *Handlers
 
 	mu   sync.Mutex
 	open int // subscriptions being served
@@ -96,19 +96,19 @@ func NewHaveService(h host.Host, releases Releases, has store.Haser, notifier *H
 	if notifier == nil {
 		notifier = NewHaveNotifier()
 	}
-	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, defaultIdleTimeout)
+	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
 	if cfg.MaxSubscriptions <= 0 {
 		cfg.MaxSubscriptions = defaultMaxSubscriptions
 	}
-	hs := &HaveService{h: h, releases: releases, has: has, notifier: notifier, cfg: cfg, g: newHandlers(cfg.Logger)}
-	h.SetStreamHandler(HaveProtocol, func(s network.Stream) { hs.g.serve(s, hs.handle) })
+	hs := &HaveService{h: h, releases: releases, has: has, notifier: notifier, cfg: cfg, g: NewHandlers(cfg.Logger)}
+	h.SetStreamHandler(HaveProtocol, func(s network.Stream) { hs.g.Serve(s, hs.handle) })
 	return hs
 }
 
 // Close removes the handler and ends every subscription it serves.
 func (hs *HaveService) Close() error {
 	hs.h.RemoveStreamHandler(HaveProtocol)
-	hs.g.close()
+	hs.g.Close()
 	return nil
 }
 

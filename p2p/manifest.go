@@ -58,21 +58,21 @@ type ManifestService struct {
 	h   host.Host
 	src EnvelopeSource
 	cfg ManifestConfig
-	g   *handlers
+	g   *Handlers
 }
 
 // NewManifestService registers the manifest handler on h.
 func NewManifestService(h host.Host, src EnvelopeSource, cfg ManifestConfig) *ManifestService {
-	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, defaultIdleTimeout)
-	m := &ManifestService{h: h, src: src, cfg: cfg, g: newHandlers(cfg.Logger)}
-	h.SetStreamHandler(ManifestProtocol, func(s network.Stream) { m.g.serve(s, m.handle) })
+	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
+	m := &ManifestService{h: h, src: src, cfg: cfg, g: NewHandlers(cfg.Logger)}
+	h.SetStreamHandler(ManifestProtocol, func(s network.Stream) { m.g.Serve(s, m.handle) })
 	return m
 }
 
 // Close removes the handler and ends the handlers running.
 func (m *ManifestService) Close() error {
 	m.h.RemoveStreamHandler(ManifestProtocol)
-	m.g.close()
+	m.g.Close()
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,15 +17,21 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 )
 
-// defaultIdleTimeout is how long a handler or client waits for a peer to make
+// DefaultIdleTimeout is how long a handler or client waits for a peer to make
 // any progress, reading or writing, before it resets the stream.
-const defaultIdleTimeout = 30 * time.Second
+const DefaultIdleTimeout = 30 * time.Second
 
-// readRequest reads the one request frame of a stream (at most limit bytes),
+// ReadRequest reads the one request frame of a stream (at most limit bytes),
 // after which the client has closed its write side. Reading it may take idle
 // at most, however steadily it trickles; the returned stream keeps the idle
-// timeout for the response, and the caller clears hard once the response may
-// take longer.
+// timeout for the response. Protocols of other packages (the fleet's) serve
+// their one-request, one-answer exchanges with it.
+func ReadRequest(s network.Stream, idle time.Duration, limit int) (io.Writer, []byte, error) {
+	return readRequest(s, idle, limit)
+}
+
+// readRequest is ReadRequest for this package's handlers, which clear hard
+// once the response may take longer.
 func readRequest(s network.Stream, idle time.Duration, limit int) (*deadlineStream, []byte, error) {
 	ds := &deadlineStream{s: s, idle: idle, hard: time.Now().Add(idle)}
 	br := smallReaders.get(ds)
@@ -36,9 +43,9 @@ func readRequest(s network.Stream, idle time.Duration, limit int) (*deadlineStre
 	return ds, p, err
 }
 
-// writeJSONAnswer writes the one response frame of a JSON protocol: StatusOK
+// WriteJSONAnswer writes the one response frame of a JSON protocol: StatusOK
 // and v, which must fit in limit bytes with its status byte.
-func writeJSONAnswer(w io.Writer, what string, v any, limit int) error {
+func WriteJSONAnswer(w io.Writer, what string, v any, limit int) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -54,9 +61,9 @@ func writeJSONAnswer(w io.Writer, what string, v any, limit int) error {
 	return bw.Flush()
 }
 
-// callJSON sends req as JSON (at most limit bytes) on a stream of pid to p
+// CallJSON sends req as JSON (at most limit bytes) on a stream of pid to p
 // and returns the body of a StatusOK answer, for the caller to decode.
-func (c *Client) callJSON(ctx context.Context, p peer.ID, pid protocol.ID, what string, req any, limit int) ([]byte, error) {
+func (c *Client) CallJSON(ctx context.Context, p peer.ID, pid protocol.ID, what string, req any, limit int) ([]byte, error) {
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -74,10 +81,23 @@ func (c *Client) callJSON(ctx context.Context, p peer.ID, pid protocol.ID, what 
 	return body, nil
 }
 
-// handlers runs the stream handlers of one service, so that Close can end
+// DecodeJSON decodes exactly one JSON value of p into v; anything else is
+// ErrMalformed.
+func DecodeJSON(p []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(p))
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%v: %w", err, ErrMalformed)
+	}
+	if dec.More() {
+		return fmt.Errorf("data after the JSON value: %w", ErrMalformed)
+	}
+	return nil
+}
+
+// Handlers runs the stream handlers of one service, so that Close can end
 // every handler the service is running and wait for it: libp2p starts the
 // handler goroutines, but the service owns them.
-type handlers struct {
+type Handlers struct {
 	ctx    context.Context // ended by close; the parent of every handler's ctx
 	cancel context.CancelFunc
 	log    *slog.Logger
@@ -88,19 +108,21 @@ type handlers struct {
 	wg      sync.WaitGroup
 }
 
-func newHandlers(log *slog.Logger) *handlers {
+// NewHandlers returns the handlers of a service that logs to log (nil
+// discards).
+func NewHandlers(log *slog.Logger) *Handlers {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &handlers{ctx: ctx, cancel: cancel, log: log, streams: make(map[network.Stream]struct{})}
+	return &Handlers{ctx: ctx, cancel: cancel, log: log, streams: make(map[network.Stream]struct{})}
 }
 
-// serve runs fn on s. If fn fails the stream is reset, telling the peer the
+// Serve runs fn on s. If fn fails the stream is reset, telling the peer the
 // exchange did not complete; otherwise it is closed. A panic in fn, which
 // fuzzed decoders should make impossible, resets the stream instead of
 // killing the node.
-func (g *handlers) serve(s network.Stream, fn func(ctx context.Context, s network.Stream) error) {
+func (g *Handlers) Serve(s network.Stream, fn func(ctx context.Context, s network.Stream) error) {
 	if !g.add(s) {
 		_ = s.Reset()
 		return
@@ -126,7 +148,7 @@ func (g *handlers) serve(s network.Stream, fn func(ctx context.Context, s networ
 	_ = s.Close()
 }
 
-func (g *handlers) add(s network.Stream) bool {
+func (g *Handlers) add(s network.Stream) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
@@ -137,17 +159,17 @@ func (g *handlers) add(s network.Stream) bool {
 	return true
 }
 
-func (g *handlers) remove(s network.Stream) {
+func (g *Handlers) remove(s network.Stream) {
 	g.mu.Lock()
 	delete(g.streams, s)
 	g.mu.Unlock()
 	g.wg.Done()
 }
 
-// close refuses new streams, resets the running ones, which interrupts any
+// Close refuses new streams, resets the running ones, which interrupts any
 // read or write their handlers are blocked in, and waits for the handlers to
 // return.
-func (g *handlers) close() {
+func (g *Handlers) Close() {
 	g.mu.Lock()
 	g.closed = true
 	streams := make([]network.Stream, 0, len(g.streams))

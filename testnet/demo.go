@@ -280,7 +280,7 @@ func runDelta(ctx context.Context, n *Network, rel *Release, sources []agent.Sou
 	d := &Delta{ChangedBytes: changed}
 	for _, id := range rel2.Manifest.ChunkIDs() {
 		if !old[id.KeyString()] {
-			info, err := n.Origin.Node.Store.Stat(ctx, id)
+			info, err := n.Origin.Agent.Peer().Store.Stat(ctx, id)
 			if err != nil {
 				return nil, err
 			}

@@ -71,15 +71,18 @@ type Member struct {
 	Name string
 	Role agent.Role
 	Site *Site // nil for the origin
-	Node *agent.Node
+	// Agent is the member's running agent, nil while it is stopped.
+	Agent *agent.Agent
 	// Up carries what the member sends, Down what it receives.
 	Up, Down *Pipe
 
 	id    peer.ID
 	addr  string // the running host's TCP listen address, host:port
 	dir   string
-	cfg   agent.NodeConfig
+	cfg   agent.Config
 	gater *linkGater
+	stop  context.CancelFunc // ends the running agent's Run
+	ran   chan error         // what Run returned
 }
 
 // ID returns the member's peer ID, which stays the same across restarts.
@@ -207,60 +210,72 @@ func (n *Network) identify(m *Member) error {
 // configure sets m's agent configuration: its upstreams, siblings and site.
 func (n *Network) configure(m *Member) {
 	m.gater = &linkGater{net: n, self: m}
-	cfg := agent.NodeConfig{
-		DataDir:     m.dir,
-		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
-		Gater:       m.gater,
-		HostReady:   m.gater.setHost,
-		DialTCP:     m.gater.dialer,
-		AgentConfig: agent.AgentConfig{
-			Root: n.Root,
-			Role: m.Role,
+	cfg := agent.Config{
+		PeerConfig: agent.PeerConfig{
+			DataDir:     m.dir,
+			ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
+			Gater:       m.gater,
+			HostReady:   m.gater.setHost,
+			DialTCP:     m.gater.dialer,
+			Logger:      n.cfg.Logger,
+		},
+		Trust:        n.Root,
+		PollInterval: n.cfg.PollInterval,
+	}
+	switch m.Role {
+	case agent.RoleOrigin:
+		cfg.Origin = &agent.OriginConfig{}
+	case agent.RoleProxy:
+		pc := &agent.ProxyConfig{
+			Uplink:     agent.Uplink{Site: m.Site.Name, Upstreams: []peer.AddrInfo{{ID: n.Origin.id}}},
+			CacheQuota: n.cfg.CacheQuota,
+		}
+		if n.cfg.SiblingProxies {
+			for _, s := range n.siblingsOf(m.Site) {
+				pc.Siblings = append(pc.Siblings, peer.AddrInfo{ID: s.Proxy.id})
+			}
+		}
+		cfg.Proxy = pc
+	case agent.RoleNode:
+		nc := &agent.NodeConfig{
+			Uplink: agent.Uplink{Site: m.Site.Name, Upstreams: []peer.AddrInfo{{ID: m.Site.Proxy.idOrOrigin(n)}}},
 			// The generated packs are server service packs whose
 			// signed install command leaves a marker.
 			Target:               "server",
 			AllowReleaseCommands: true,
-			PollInterval:         n.cfg.PollInterval,
-			Logger:               n.cfg.Logger,
-		},
-	}
-	if m.Site != nil {
-		cfg.Site = m.Site.Name
-	}
-	switch m.Role {
-	case agent.RoleProxy:
-		cfg.Upstreams = []peer.AddrInfo{{ID: n.Origin.id}}
-		cfg.CacheQuota = n.cfg.CacheQuota
-		if n.cfg.SiblingProxies {
-			for _, s := range n.siblingsOf(m.Site) {
-				cfg.Siblings = append(cfg.Siblings, peer.AddrInfo{ID: s.Proxy.id})
-			}
+			NoSwarm:              n.cfg.NoSwarm,
 		}
-	case agent.RoleNode:
-		if n.cfg.NoSwarm {
-			cfg.Upstreams = []peer.AddrInfo{{ID: n.Origin.id}}
-			cfg.NoSwarm = true
-		} else {
-			cfg.Upstreams = []peer.AddrInfo{{ID: m.Site.Proxy.id}}
-		}
+		cfg.Node = nc
 	}
 	m.cfg = cfg
+}
+
+// idOrOrigin is the peer ID of a node's upstream: its site's proxy, or the
+// origin where sites have none (the no-swarm baseline).
+func (m *Member) idOrOrigin(n *Network) peer.ID {
+	if m == nil {
+		return n.Origin.id
+	}
+	return m.id
 }
 
 // Start starts m's agent, or starts it again after Stop; it keeps its data
 // dir and peer ID.
 func (n *Network) Start(ctx context.Context, m *Member) error {
-	node, err := agent.StartNode(ctx, m.cfg)
+	a, err := agent.New(ctx, m.cfg)
 	if err != nil {
 		return fmt.Errorf("testnet: start %s: %w", m.Name, err)
 	}
-	addr, err := tcpAddr(node.Host.Addrs())
+	addr, err := tcpAddr(a.Peer().Host.Addrs())
 	if err != nil {
-		node.Close()
+		a.Close()
 		return fmt.Errorf("testnet: start %s: %w", m.Name, err)
 	}
+	rctx, stop := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- a.Run(rctx) }()
 	n.mu.Lock()
-	m.Node = node
+	m.Agent, m.stop, m.ran = a, stop, ran
 	m.addr = addr
 	n.byAddr[addr] = m
 	n.mu.Unlock()
@@ -271,16 +286,18 @@ func (n *Network) Start(ctx context.Context, m *Member) error {
 // through its links are cut; its data dir stays.
 func (n *Network) Stop(m *Member) error {
 	n.mu.Lock()
-	node := m.Node
-	m.Node = nil
+	running := m.Agent != nil
+	stop, ran := m.stop, m.ran
+	m.Agent, m.stop, m.ran = nil, nil, nil
 	delete(n.byAddr, m.addr)
 	cut := n.unlink(func(a, b *Member) bool { return a == m || b == m })
 	n.mu.Unlock()
 	closeAll(cut)
-	if node == nil {
+	if !running {
 		return nil
 	}
-	return node.Close()
+	stop()
+	return <-ran
 }
 
 // Partition cuts (or, with cut false, heals) a site's WAN: every
@@ -369,7 +386,7 @@ func (n *Network) reachable(from *Member, to peer.ID) (ma.Multiaddr, bool) {
 
 // mayTalk reports whether from may reach dst now; n.mu is held.
 func (n *Network) mayTalk(from, dst *Member) bool {
-	if dst.Node == nil {
+	if dst.Agent == nil {
 		return false
 	}
 	return from.Site == dst.Site || ((from.Site == nil || !from.Site.partitioned) && (dst.Site == nil || !dst.Site.partitioned))

@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/agent"
+	"github.com/patchctl/patchctl/fleet"
+	"github.com/patchctl/patchctl/lifecycle"
 	"github.com/patchctl/patchctl/manifest"
-	"github.com/patchctl/patchctl/p2p"
 	"github.com/patchctl/patchctl/store"
 	"github.com/patchctl/patchctl/testnet/packgen"
 )
@@ -76,7 +78,7 @@ type Release struct {
 // Publish publishes sources at the origin as release name, with the given
 // install hook.
 func (n *Network) Publish(ctx context.Context, name string, sources []agent.Source, hook []string) (*Release, error) {
-	origin := n.Origin.Node
+	origin := n.Origin.Agent.Peer()
 	res, err := agent.Publish(ctx, origin.Store, origin.Catalog, n.Key, sources, agent.PublishOptions{
 		Name: name, Install: manifest.Install{Hook: hook},
 	})
@@ -97,21 +99,45 @@ func (n *Network) Publish(ctx context.Context, name string, sources []agent.Sour
 // every node to install at once, and gives it to the origin, which
 // announces it down the tree.
 func (n *Network) Announce(version uint64, releases ...*Release) error {
+	ix := n.NewIndex(version, releases...)
+	for _, r := range releases {
+		ix.Deployments = append(ix.Deployments, manifest.Deployment{Release: r.Name, Mode: manifest.ModeAssigned})
+	}
+	return n.SetIndex(ix)
+}
+
+// NewIndex returns an index of version listing releases, deployed nowhere,
+// with every site's proxy enrolled to report its site.
+func (n *Network) NewIndex(version uint64, releases ...*Release) *manifest.Index {
 	ix := &manifest.Index{Version: version, Channel: "stable", Created: time.Now(), Expires: time.Now().Add(24 * time.Hour)}
 	for _, r := range releases {
 		ix.Releases = append(ix.Releases, r.Entry)
-		ix.Deployments = append(ix.Deployments, manifest.Deployment{Release: r.Name, Mode: manifest.ModeAssigned})
 	}
+	for _, s := range n.Sites {
+		if s.Proxy != nil {
+			ix.Proxies = append(ix.Proxies, manifest.ProxyEnrolment{Peer: s.Proxy.id.String(), Sites: []string{s.Name}})
+		}
+	}
+	return ix
+}
+
+// SetIndex signs ix and gives it to the origin.
+func (n *Network) SetIndex(ix *manifest.Index) error {
 	env, err := manifest.SignIndex(ix, n.Key)
 	if err != nil {
 		return err
 	}
-	return n.Origin.Node.SetIndex(env)
+	o := n.Origin.Agent
+	if o == nil {
+		return fmt.Errorf("testnet: the origin is stopped")
+	}
+	_, err = o.API().(adminapi.Origin).PostIndex(context.Background(), env)
+	return err
 }
 
 // Installed reports whether m has installed the release called name.
 func Installed(m *Member, name string) bool {
-	return stateOf(m, name).State == p2p.StateInstalled
+	return stateOf(m, name).State == lifecycle.Installed
 }
 
 // WaitInstalled waits until every node of sites has installed rel, that very
@@ -131,18 +157,13 @@ func (n *Network) WaitInstalled(ctx context.Context, rel *Release, sites ...*Sit
 					continue
 				}
 				st := stateOf(m, rel.Name)
-				if st.CID == rel.Entry.CID && st.State == p2p.StateInstalled {
+				if st.CID == rel.Entry.CID && st.State == lifecycle.Installed {
 					done[m] = true
 					continue
 				}
 				missing++
-				if m.Node == nil {
-					continue
-				}
-				for _, d := range m.Node.Deployments() {
-					if d.Release == rel.Name && (d.State == p2p.StateFailed || d.State == p2p.StateRefused) {
-						failed = append(failed, fmt.Sprintf("%s: %s", m.Name, d.Reason))
-					}
+				if st.State == lifecycle.Failed || st.State == lifecycle.Refused {
+					failed = append(failed, fmt.Sprintf("%s: %s", m.Name, st.Reason))
 				}
 			}
 		}
@@ -157,25 +178,34 @@ func (n *Network) WaitInstalled(ctx context.Context, rel *Release, sites ...*Sit
 	}
 }
 
-func stateOf(m *Member, name string) agent.ReleaseState {
-	if m.Node == nil {
-		return agent.ReleaseState{}
-	}
-	for _, s := range m.Node.States() {
-		if s.Name == name {
-			return s
+// stateOf returns node m's state of the release called name.
+func stateOf(m *Member, name string) fleet.DeploymentStatus {
+	if a := m.Agent; a != nil {
+		st, _ := a.API().(adminapi.Node).NodeStatus(context.Background())
+		for _, d := range st.Deployments {
+			if d.Release == name {
+				return d
+			}
 		}
 	}
-	return agent.ReleaseState{}
+	return fleet.DeploymentStatus{}
 }
 
 // Replicated reports whether s's proxy holds the release called name whole.
 func Replicated(s *Site, name string) bool {
-	if s.Proxy == nil {
+	if s.Proxy == nil || s.Proxy.Agent == nil {
 		return false
 	}
-	st := stateOf(s.Proxy, name)
-	return st.State == p2p.StateHave
+	st, err := s.Proxy.Agent.API().(adminapi.Fleet).FleetStatus(context.Background(), name)
+	if err != nil || len(st.Releases) != 1 {
+		return false
+	}
+	for _, c := range st.Releases[0].Sites {
+		if c.Site == s.Name {
+			return c.ProxyReplicated
+		}
+	}
+	return false
 }
 
 // StoredBytes sums the stored size of m's distinct chunks held in st.

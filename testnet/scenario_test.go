@@ -98,9 +98,9 @@ func TestTheProxyRestartsMidDistributionAndTheSiteStillCompletesResuming(t *test
 	}
 	half := r.StoredSize / 2
 	waitFor(t, time.Minute, "the proxy to hold half the release", func() bool {
-		return StoredBytes(t.Context(), s.Proxy.Node.Store, r.Manifest) >= half
+		return StoredBytes(t.Context(), s.Proxy.Agent.Peer().Store, r.Manifest) >= half
 	})
-	held := StoredBytes(t.Context(), s.Proxy.Node.Store, r.Manifest)
+	held := StoredBytes(t.Context(), s.Proxy.Agent.Peer().Store, r.Manifest)
 	if err := n.Stop(s.Proxy); err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestEvictionNeverDropsAChunkATargetedNotYetInstalledReleaseNeeds(t *testing
 	// Once every node reported the first release installed, the proxy
 	// unpins it, and the quota evicts it.
 	waitFor(t, 30*time.Second, "the installed release to be evicted down to the quota", func() bool {
-		return StoredBytes(t.Context(), s.Proxy.Node.Store, old.Manifest) <= quota
+		return StoredBytes(t.Context(), s.Proxy.Agent.Peer().Store, old.Manifest) <= quota
 	})
 
 	offline := s.Nodes[1]
@@ -217,7 +217,7 @@ func TestEvictionNeverDropsAChunkATargetedNotYetInstalledReleaseNeeds(t *testing
 	}
 	// Over its quota, the proxy still holds every chunk of the release
 	// the offline node has not installed.
-	if held := StoredBytes(t.Context(), s.Proxy.Node.Store, next.Manifest); held != next.StoredSize {
+	if held := StoredBytes(t.Context(), s.Proxy.Agent.Peer().Store, next.Manifest); held != next.StoredSize {
 		t.Fatalf("the proxy holds %d of %d bytes of a release a site node still needs", held, next.StoredSize)
 	}
 	before := s.WANDown.Bytes()

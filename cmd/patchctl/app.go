@@ -11,19 +11,16 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/agent"
-	"github.com/patchctl/patchctl/manifest"
-	"github.com/patchctl/patchctl/p2p"
 	"github.com/patchctl/patchctl/store"
 )
 
-// Exit codes, documented in the README.
+// Exit codes, documented in the README; package adminapi maps each class
+// of error to one.
 const (
-	exitOK        = 0
-	exitBad       = 1 // something checked is bad: signature, expiry, rollback, corrupt or missing chunk
-	exitUsage     = 2 // the command line is wrong
-	exitNotFound  = 3 // the release, file or key named does not exist
-	exitOperation = 4 // anything else: I/O, permissions, a full disk
+	exitOK    = adminapi.ExitOK
+	exitUsage = adminapi.ExitUsage
 )
 
 // exitError carries the exit code for an error.
@@ -47,19 +44,8 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.As(err, &ee):
 		return ee.code
-	case errors.Is(err, manifest.ErrUnsigned), errors.Is(err, manifest.ErrUnknownKey),
-		errors.Is(err, manifest.ErrThreshold), errors.Is(err, manifest.ErrExpired),
-		errors.Is(err, manifest.ErrTampered), errors.Is(err, manifest.ErrRollback),
-		errors.Is(err, manifest.ErrInvalid), errors.Is(err, manifest.ErrUnknownSchema),
-		errors.Is(err, manifest.ErrTooLarge), errors.Is(err, manifest.ErrChunkMismatch),
-		errors.Is(err, store.ErrCorrupt), errors.Is(err, store.ErrMismatch):
-		return exitBad
-	case errors.Is(err, agent.ErrReleaseNotFound), errors.Is(err, store.ErrNotFound), errors.Is(err, os.ErrNotExist),
-		errors.Is(err, p2p.ErrNotFound), errors.Is(err, p2p.ErrNoSource):
-		return exitNotFound
-	default:
-		return exitOperation
 	}
+	return adminapi.Classify(err).ExitCode()
 }
 
 // jsonFlag is accepted globally and on every subcommand.
@@ -101,6 +87,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			serveCommand(),
 			agentCommand(),
 			deployCommand(),
+			enrolCommand(),
 			statusCommand(),
 			retryCommand(),
 			installCommand(),
@@ -108,7 +95,6 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			fetchCommand(),
 			idCommand(),
 			indexCommand(),
-			demoCommand(),
 		},
 		Writer:          stdout,
 		ErrWriter:       stderr,
@@ -118,6 +104,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			return &exitError{code: exitUsage, err: err}
 		},
 	}
+	app.Commands = append(app.Commands, extraCommands()...)
 	for _, c := range app.Commands {
 		addJSONFlag(c)
 	}
@@ -144,6 +131,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	err := app.RunContext(ctx, args)
 	if err == nil && unknown != "" {
 		err = usageError("no command %q; see patchctl --help", unknown)
+		if unknown == "demo" {
+			err = usageError("the demo is a build of its own: make demo (or go build -tags demo ./cmd/patchctl)")
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "patchctl: %v\n", err)

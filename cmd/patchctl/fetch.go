@@ -36,15 +36,16 @@ func runFetch(c *cli.Context, g globals, ref string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := nodeConfig(c, g)
+	cfg, err := peerConfig(c, g)
 	if err != nil {
 		return err
 	}
-	n, err := agent.StartNode(c.Context, cfg)
+	n, err := agent.NewPeer(c.Context, cfg)
 	if err != nil {
 		return err
 	}
 	defer n.Close()
+	n.Serve(agent.Serving{})
 	peers, err := n.Connect(c.StringSlice("peer"))
 	if err != nil {
 		return usageError("%v", err)

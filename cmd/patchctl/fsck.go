@@ -6,6 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/store"
 )
 
@@ -51,7 +52,7 @@ func runFsck(c *cli.Context, g globals) error {
 		}
 	}
 	if len(problems) > 0 {
-		return &exitError{code: exitBad, err: fmt.Errorf("fsck: %d of %d chunks corrupt or missing", len(problems), res.Chunks)}
+		return &exitError{code: adminapi.ExitBadData, err: fmt.Errorf("fsck: %d of %d chunks corrupt or missing", len(problems), res.Chunks)}
 	}
 	if !g.json {
 		fmt.Fprintf(g.stdout, "ok: %d chunks verified\n", res.Chunks)

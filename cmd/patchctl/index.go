@@ -79,7 +79,16 @@ func readIndex(g globals) (*manifest.Index, error) {
 	if err != nil {
 		return nil, err
 	}
-	e, err := manifest.ParseEnvelope(data)
+	return parseIndexEnvelope(data)
+}
+
+// parseIndexEnvelope returns the index of an envelope without verifying
+// it, or nil for none.
+func parseIndexEnvelope(env []byte) (*manifest.Index, error) {
+	if env == nil {
+		return nil, nil
+	}
+	e, err := manifest.ParseEnvelope(env)
 	if err != nil {
 		return nil, err
 	}
@@ -95,15 +104,6 @@ func runIndexAdd(c *cli.Context, g globals) error {
 	if err != nil {
 		return err
 	}
-	held, err := readIndex(g)
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	ix := &manifest.Index{Version: 1, Channel: c.String("channel"), Created: now, Expires: now.Add(c.Duration("lifetime"))}
-	if held != nil {
-		ix.Version, ix.Releases, ix.Deployments = held.Version+1, held.Releases, held.Deployments
-	}
 	var deploy *manifest.Deployment
 	if c.IsSet("to") {
 		d, err := deploymentFlags(c, "")
@@ -112,34 +112,45 @@ func runIndexAdd(c *cli.Context, g globals) error {
 		}
 		deploy = &d
 	}
-	for _, name := range c.Args().Slice() {
-		r, err := cat.Get(name)
+	var ix *manifest.Index
+	// Under the index file's lock, which a running origin takes too, so
+	// that the version signed here builds on the one it holds.
+	err = agent.EditIndexFile(g.dataDir, func(heldEnv []byte) ([]byte, error) {
+		held, err := parseIndexEnvelope(heldEnv)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		entry := manifest.IndexEntry{Name: r.Name, CID: r.CID.String(), Sequence: r.Manifest.Sequence, Sites: c.StringSlice("site")}
-		replaced := false
-		for i := range ix.Releases {
-			if ix.Releases[i].Name == r.Name {
-				ix.Releases[i], replaced = entry, true
+		now := time.Now()
+		ix = &manifest.Index{Version: 1, Channel: c.String("channel"), Created: now, Expires: now.Add(c.Duration("lifetime"))}
+		if held != nil {
+			ix.Version, ix.Releases, ix.Deployments, ix.Proxies = held.Version+1, held.Releases, held.Deployments, held.Proxies
+		}
+		for _, name := range c.Args().Slice() {
+			r, err := cat.Get(name)
+			if err != nil {
+				return nil, err
+			}
+			entry := manifest.IndexEntry{Name: r.Name, CID: r.CID.String(), Sequence: r.Manifest.Sequence, Sites: c.StringSlice("site")}
+			replaced := false
+			for i := range ix.Releases {
+				if ix.Releases[i].Name == r.Name {
+					ix.Releases[i], replaced = entry, true
+				}
+			}
+			if !replaced {
+				ix.Releases = append(ix.Releases, entry)
+			}
+			if deploy != nil {
+				d := *deploy
+				d.Release = r.Name
+				if !slices.Contains(ix.Deployments, d) {
+					ix.Deployments = append(ix.Deployments, d)
+				}
 			}
 		}
-		if !replaced {
-			ix.Releases = append(ix.Releases, entry)
-		}
-		if deploy != nil {
-			d := *deploy
-			d.Release = r.Name
-			if !slices.Contains(ix.Deployments, d) {
-				ix.Deployments = append(ix.Deployments, d)
-			}
-		}
-	}
-	env, err := manifest.SignIndex(ix, signers...)
+		return manifest.SignIndex(ix, signers...)
+	})
 	if err != nil {
-		return err
-	}
-	if err := agent.SaveIndex(g.dataDir, env); err != nil {
 		return err
 	}
 	if g.json {

@@ -3,17 +3,20 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/patchctl/patchctl/agent"
-	"github.com/patchctl/patchctl/p2p"
+	"github.com/patchctl/patchctl/adminapi"
+	"github.com/patchctl/patchctl/fleet"
+	"github.com/patchctl/patchctl/lifecycle"
 	"github.com/patchctl/patchctl/testnet/packgen"
 )
 
@@ -25,6 +28,9 @@ type agentProc struct {
 	args []string
 	cmd  *exec.Cmd
 	info AgentInfo
+	// relative: the agent is given its data dir relative to its working
+	// directory, the test's.
+	relative bool
 }
 
 // startAgent starts `patchctl agent` with a data dir of its own under the
@@ -41,8 +47,28 @@ func (p *agentProc) start() {
 	t := p.e.t
 	t.Helper()
 	os.Remove(filepath.Join(p.dir, agentInfoFile))
-	args := append([]string{"--data-dir", p.dir, "agent", "--trust", "trust.json", "--listen", "/ip4/127.0.0.1/tcp/0",
+	// The data dir as the command line names it: relative to the test's
+	// directory for an agent started as an operator following the README
+	// would start it.
+	dataDir := p.dir
+	if p.relative {
+		dataDir = p.name
+	}
+	args := append([]string{"--data-dir", dataDir, "agent", "--trust", "trust.json", "--listen", "/ip4/127.0.0.1/tcp/0",
 		"--admin", "127.0.0.1:0", "--poll", "300ms"}, p.args...)
+	if slices.Contains(p.args, "node") {
+		// The machine's boot, as the test decides it.
+		bootID := filepath.Join(p.dir, "boot_id")
+		if _, err := os.Stat(bootID); err != nil {
+			if err := os.MkdirAll(p.dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(bootID, []byte("first boot\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		args = append(args, "--boot-id-file", bootID)
+	}
 	p.cmd = exec.Command(patchctlBin, args...)
 	p.cmd.Dir = p.e.dir
 	logFile, err := os.OpenFile(filepath.Join(p.e.dir, p.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -91,6 +117,9 @@ func (p *agentProc) log() string {
 
 func (p *agentProc) addr() string { return p.info.Addrs[0] }
 
+// token is the path of the agent's admin token.
+func (p *agentProc) token() string { return filepath.Join(p.dir, adminTokenFile) }
+
 // getJSON decodes an admin API answer of p.
 func (p *agentProc) getJSON(path string, v any) error {
 	resp, err := http.Get(p.info.Admin + path)
@@ -102,6 +131,20 @@ func (p *agentProc) getJSON(path string, v any) error {
 		return fmt.Errorf("GET %s: %s", path, resp.Status)
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// getRaw reads an admin API answer of p as it is.
+func (p *agentProc) getRaw(path string, b *[]byte) error {
+	resp, err := http.Get(p.info.Admin + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	*b, err = io.ReadAll(resp.Body)
+	return err
 }
 
 // waitFor polls cond until it holds, failing the test after a minute with
@@ -122,9 +165,9 @@ func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 }
 
 // releaseStatus is `patchctl status --json RELEASE`.
-func (e *env) releaseStatus(origin *agentProc, release string) agent.ReleaseStatus {
+func (e *env) releaseStatus(origin *agentProc, release string) adminapi.ReleaseStatus {
 	e.t.Helper()
-	var rs agent.ReleaseStatus
+	var rs adminapi.ReleaseStatus
 	out := e.ok("status", "--json", "--origin", origin.info.Admin, release)
 	if err := json.Unmarshal([]byte(out), &rs); err != nil {
 		e.t.Fatalf("status --json printed %q: %v", out, err)
@@ -133,7 +176,7 @@ func (e *env) releaseStatus(origin *agentProc, release string) agent.ReleaseStat
 }
 
 // counts renders a release's sites as "a 3/3/3 b 2/2/2" (nodes/replicated/installed).
-func counts(rs agent.ReleaseStatus) string {
+func counts(rs adminapi.ReleaseStatus) string {
 	var parts []string
 	for _, s := range rs.Sites {
 		parts = append(parts, fmt.Sprintf("%s %d/%d/%d failed %d", s.Site, s.Nodes, s.Replicated, s.Installed, len(s.Failed)))
@@ -141,9 +184,9 @@ func counts(rs agent.ReleaseStatus) string {
 	return strings.Join(parts, ", ")
 }
 
-func (e *env) waitCounts(origin *agentProc, release, want string) agent.ReleaseStatus {
+func (e *env) waitCounts(origin *agentProc, release, want string) adminapi.ReleaseStatus {
 	e.t.Helper()
-	var rs agent.ReleaseStatus
+	var rs adminapi.ReleaseStatus
 	waitFor(e.t, release+" reaches "+want, func() (bool, string) {
 		rs = e.releaseStatus(origin, release)
 		return counts(rs) == want, counts(rs)
@@ -151,9 +194,9 @@ func (e *env) waitCounts(origin *agentProc, release, want string) agent.ReleaseS
 	return rs
 }
 
-func (e *env) about(node *agentProc) agent.About {
+func (e *env) about(node *agentProc) adminapi.About {
 	e.t.Helper()
-	var ab agent.About
+	var ab adminapi.About
 	out := e.ok("about", "--json", "--admin", node.info.Admin)
 	if err := json.Unmarshal([]byte(out), &ab); err != nil {
 		e.t.Fatalf("about --json printed %q: %v", out, err)
@@ -161,7 +204,7 @@ func (e *env) about(node *agentProc) agent.About {
 	return ab
 }
 
-func names(entries []agent.AboutEntry) string {
+func names(entries []adminapi.AboutEntry) string {
 	var s []string
 	for _, e := range entries {
 		s = append(s, e.Name)
@@ -190,6 +233,8 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 		// 40 Mbit/s over the WAN: the first pack takes about two seconds
 		// to reach a site, long enough to kill a node in the middle.
 		proxy[site] = e.startAgent("proxy-"+site, "--role", "proxy", "--site", site, "--upstream", origin.addr(), "--wan-rate", "40Mbit")
+		// The origin takes a site's status from its enrolled proxy only.
+		e.ok("enrol", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "--site", site, proxy[site].info.PeerID)
 	}
 	fault := func(node string) string { return filepath.Join(e.dir, "fault-"+node) }
 	startNode := func(name, site string) *agentProc {
@@ -207,17 +252,17 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 	}
 
 	// A service pack to every node; b3 is offline.
-	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "SP-S041000005", "--origin", origin.info.Admin, "sp5")
-	e.ok("deploy", "--origin", origin.info.Admin, "--key", "release.key", "SP-S041000005")
+	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "SP-S041000005", "--origin", origin.info.Admin, "--admin-token", origin.token(), "sp5")
+	e.ok("deploy", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "SP-S041000005")
 	// Deploying again changes nothing.
-	if out := e.ok("deploy", "--origin", origin.info.Admin, "--key", "release.key", "SP-S041000005"); !strings.Contains(out, "already deployed") {
+	if out := e.ok("deploy", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "SP-S041000005"); !strings.Contains(out, "already deployed") {
 		t.Errorf("a deployment sent again: %q, want it to say it is already deployed", out)
 	}
 
 	// a1 is killed in the middle of its download and started again.
 	a1 := nodes["a1"]
 	waitFor(t, "a1 downloads part of the service pack", func() (bool, string) {
-		var st struct{ Deployments []p2p.DeploymentStatus }
+		var st struct{ Deployments []fleet.DeploymentStatus }
 		if err := a1.getJSON("/v1/status", &st); err != nil {
 			return false, err.Error()
 		}
@@ -258,8 +303,8 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 	if err := os.WriteFile(fault("a2"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "HF-S041000005-001", "--origin", origin.info.Admin, "hf")
-	e.ok("deploy", "--origin", origin.info.Admin, "--key", "release.key", "--to", "site=a", "HF-S041000005-001")
+	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "HF-S041000005-001", "--origin", origin.info.Admin, "--admin-token", origin.token(), "hf")
+	e.ok("deploy", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "--to", "site=a", "HF-S041000005-001")
 	rs := e.waitCounts(origin, "HF-S041000005-001", "a 3/3/2 failed 1")
 	f := rs.Sites[0].Failed[0]
 	if f.Node != nodes["a2"].info.PeerID || !strings.Contains(f.Reason, "exited with status 7") || !strings.Contains(f.Reason, "fault file present") {
@@ -271,7 +316,7 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 	if err := os.Remove(fault("a2")); err != nil {
 		t.Fatal(err)
 	}
-	e.ok("retry", "--origin", origin.info.Admin, "--node", nodes["a2"].info.PeerID, "HF-S041000005-001")
+	e.ok("retry", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--node", nodes["a2"].info.PeerID, "HF-S041000005-001")
 	e.waitCounts(origin, "HF-S041000005-001", "a 3/3/3 failed 0")
 	if got := names(e.about(nodes["b1"]).Installed); got != "SP-S041000005" {
 		t.Errorf("b1, in a site the hotfix was not deployed to, has installed %q", got)
@@ -282,13 +327,13 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 
 	// A tool deployed as available to site b, with an install command of
 	// its own that only site b's nodes may run, installs on b1 when asked.
-	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "agent-tools", "--install-cmd", "touch tools.marker", "--origin", origin.info.Admin, "hf")
-	e.ok("deploy", "--origin", origin.info.Admin, "--key", "release.key", "--to", "site=b", "--mode", "available", "agent-tools")
+	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "agent-tools", "--install-cmd", "touch tools.marker", "--origin", origin.info.Admin, "--admin-token", origin.token(), "hf")
+	e.ok("deploy", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "--to", "site=b", "--mode", "available", "agent-tools")
 	waitFor(t, "agent-tools downloaded in site b", func() (bool, string) {
 		rs := e.releaseStatus(origin, "agent-tools")
-		return counts(rs) == "b 3/3/0 failed 0" && rs.Sites[0].States[p2p.StateDownloaded] == 3, fmt.Sprint(rs)
+		return counts(rs) == "b 3/3/0 failed 0" && rs.Sites[0].States[lifecycle.Downloaded] == 3, fmt.Sprint(rs)
 	})
-	e.ok("install", "--admin", nodes["b1"].info.Admin, "agent-tools")
+	e.ok("install", "--admin", nodes["b1"].info.Admin, "--admin-token", nodes["b1"].token(), "agent-tools")
 	e.waitCounts(origin, "agent-tools", "b 3/3/1 failed 0")
 	if _, err := os.Stat(filepath.Join(nodes["b1"].dir, "installed", "agent-tools", "tools.marker")); err != nil {
 		t.Errorf("the release's own install command did not run on b1: %v", err)
@@ -296,8 +341,8 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 
 	// A newer service pack, needing a restart, retires the hotfix and the
 	// older pack.
-	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "SP-S041000006", "--restart-required", "--origin", origin.info.Admin, "sp6")
-	e.ok("deploy", "--origin", origin.info.Admin, "--key", "release.key", "--to", "target=server", "SP-S041000006")
+	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "SP-S041000006", "--restart-required", "--origin", origin.info.Admin, "--admin-token", origin.token(), "sp6")
+	e.ok("deploy", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "--to", "target=server", "SP-S041000006")
 	e.waitCounts(origin, "SP-S041000006", "a 3/3/3 failed 0, b 3/3/3 failed 0")
 	ab := e.about(nodes["a3"])
 	if names(ab.Installed) != "SP-S041000006" || names(ab.Retired) != "HF-S041000005-001 SP-S041000005" {
@@ -306,13 +351,22 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 	if !strings.Contains(nodes["a3"].log(), "release retired") {
 		t.Error("a3's log does not say it retired the hotfix")
 	}
-	if rs := e.releaseStatus(origin, "SP-S041000006"); rs.Sites[0].States[p2p.StateRestartRequired] != 3 {
+	if rs := e.releaseStatus(origin, "SP-S041000006"); rs.Sites[0].States[lifecycle.RestartRequired] != 3 {
 		t.Errorf("SP-S041000006 states in site a: %v, want 3 restart-required", rs.Sites[0].States)
 	}
+	// The pack takes effect when the machine restarts, not the agent.
 	nodes["a3"].stop()
 	nodes["a3"].start()
+	if ab := e.about(nodes["a3"]); len(ab.Installed) != 1 || !ab.Installed[0].RestartRequired {
+		t.Errorf("a3 after the agent's restart in the same boot: %+v, want SP-S041000006 still waiting for a machine restart", ab.Installed)
+	}
+	nodes["a3"].stop()
+	if err := os.WriteFile(filepath.Join(nodes["a3"].dir, "boot_id"), []byte("second boot\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nodes["a3"].start()
 	if ab := e.about(nodes["a3"]); len(ab.Installed) != 1 || ab.Installed[0].RestartRequired {
-		t.Errorf("a3 after its restart: %+v, want SP-S041000006 in effect", ab.Installed)
+		t.Errorf("a3 after the machine's restart: %+v, want SP-S041000006 in effect", ab.Installed)
 	}
 	if _, err := os.Stat(filepath.Join(nodes["a3"].dir, "retired", "HF-S041000005-001.json")); err != nil {
 		t.Errorf("the hotfix's record did not move to retired: %v", err)

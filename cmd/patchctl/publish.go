@@ -31,7 +31,8 @@ func publishCommand() *cli.Command {
 			&cli.StringFlag{Name: "hook", Usage: "install command as an argument list split on spaces (prefer --install-cmd)"},
 			&cli.StringFlag{Name: "origin", Usage: "then hand the release to the origin at its admin API `URL` and add it to the origin's signed index"},
 			&cli.StringFlag{Name: "trust", Usage: "with --origin: trust root `FILE` the origin's current index is checked against (default: the signing key alone)"},
-			tokenFlag,
+			&cli.StringFlag{Name: "admin-token", Usage: "with --origin: send the admin token read from `FILE`"},
+			&cli.StringFlag{Name: "admin-ca", Usage: "with --origin: trust the CA certificates in PEM `FILE` for an https URL"},
 			&cli.BoolFlag{Name: "restart-required", Usage: "installing needs a restart"},
 			&cli.StringSliceFlag{Name: "label", Usage: "free-form `KEY=VALUE` label (repeatable)"},
 			&cli.StringSliceFlag{Name: "supersedes", Usage: "release this one replaces (repeatable)"},
@@ -134,7 +135,7 @@ func runPublish(c *cli.Context, g globals, keyFile string, paths []string, out s
 	secs := time.Since(start).Seconds()
 	var handed *handover
 	if c.String("origin") != "" {
-		if handed, err = handToOrigin(c, key, s, res); err != nil {
+		if handed, err = handToOrigin(c, g, key, s, res); err != nil {
 			return fmt.Errorf("published %s here, but handing it to the origin failed (run the same command again to resume): %w", res.Name, err)
 		}
 	}

@@ -2,11 +2,9 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	ma "github.com/multiformats/go-multiaddr"
 	"github.com/urfave/cli/v2"
 
 	"github.com/patchctl/patchctl/agent"
@@ -22,10 +20,10 @@ func swarmFlags() []cli.Flag {
 	}
 }
 
-// nodeConfig reads the swarm flags, and --max-upload-rate where a command
+// peerConfig reads the swarm flags, and --max-upload-rate where a command
 // has it.
-func nodeConfig(c *cli.Context, g globals) (agent.NodeConfig, error) {
-	cfg := agent.NodeConfig{DataDir: g.dataDir, ListenAddrs: c.StringSlice("listen"), MaxUploadRate: c.Int("max-upload-rate")}
+func peerConfig(c *cli.Context, g globals) (agent.PeerConfig, error) {
+	cfg := agent.PeerConfig{DataDir: g.dataDir, ListenAddrs: c.StringSlice("listen"), MaxUploadRate: c.Int("max-upload-rate")}
 	if cfg.MaxUploadRate < 0 {
 		return cfg, usageError("--max-upload-rate must not be negative")
 	}
@@ -61,15 +59,16 @@ func serveCommand() *cli.Command {
 				return err
 			}
 			g := globalsOf(c)
-			cfg, err := nodeConfig(c, g)
+			cfg, err := peerConfig(c, g)
 			if err != nil {
 				return err
 			}
-			n, err := agent.StartNode(c.Context, cfg)
+			n, err := agent.NewPeer(c.Context, cfg)
 			if err != nil {
 				return err
 			}
 			defer n.Close()
+			n.Serve(agent.Serving{})
 			releases, err := n.Catalog.List()
 			if err != nil {
 				return err
@@ -93,52 +92,6 @@ func serveCommand() *cli.Command {
 			return nil
 		},
 	}
-}
-
-// agentFlags reads the agent's flags of roles, sites and links.
-func agentFlags(c *cli.Context, cfg *agent.NodeConfig) error {
-	root, err := loadTrust(c.String("trust"))
-	if err != nil {
-		return err
-	}
-	role, err := agent.ParseRole(c.String("role"))
-	if err != nil {
-		return usageError("--role: %v", err)
-	}
-	cfg.AgentConfig = agent.AgentConfig{Root: root, Role: role, Site: c.String("site"), PollInterval: c.Duration("poll"), MDNS: c.Bool("mdns")}
-	for _, list := range []struct {
-		flag string
-		dst  *[]peer.AddrInfo
-	}{{"upstream", &cfg.Upstreams}, {"sibling", &cfg.Siblings}} {
-		for _, s := range c.StringSlice(list.flag) {
-			a, err := ma.NewMultiaddr(s)
-			if err != nil {
-				return usageError("--%s %q: %v", list.flag, s, err)
-			}
-			info, err := peer.AddrInfoFromP2pAddr(a)
-			if err != nil {
-				return usageError("--%s %q must end in /p2p/<peer-id>: %v", list.flag, s, err)
-			}
-			*list.dst = append(*list.dst, *info)
-		}
-	}
-	if s := c.String("wan-rate"); s != "" {
-		rate, err := parseRate(s)
-		if err != nil {
-			return usageError("--wan-rate: %v", err)
-		}
-		cfg.WANRate = int(rate)
-	}
-	if s := c.String("cache-quota"); s != "" {
-		if cfg.CacheQuota, err = parseSize(s); err != nil {
-			return usageError("--cache-quota: %v", err)
-		}
-	}
-	if role != agent.RoleProxy && (cfg.WANRate > 0 || cfg.CacheQuota > 0 || len(cfg.Siblings) > 0) {
-		return usageError("--wan-rate, --cache-quota and --sibling are for proxies")
-	}
-	cfg.Logger = slog.New(slog.NewTextHandler(c.App.ErrWriter, nil))
-	return nil
 }
 
 func idCommand() *cli.Command {

@@ -9,6 +9,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/urfave/cli/v2"
 
+	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/agent"
 	"github.com/patchctl/patchctl/manifest"
 	"github.com/patchctl/patchctl/store"
@@ -115,7 +116,7 @@ func runVerify(c *cli.Context, g globals, trustFile, ref string) error {
 		}
 	}
 	if len(problems) > 0 {
-		return &exitError{code: exitBad, err: fmt.Errorf("verify %s: %d problems; signature, threshold and expiry are good", m.Name, len(problems))}
+		return &exitError{code: adminapi.ExitBadData, err: fmt.Errorf("verify %s: %d problems; signature, threshold and expiry are good", m.Name, len(problems))}
 	}
 	if !g.json {
 		fmt.Fprintf(g.stdout, "ok %s (sequence %d, %s): signatures, threshold, expiry, %d chunks and %d files verified\n", m.Name, m.Sequence, id, res.Chunks, len(m.Files))

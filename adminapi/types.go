@@ -1,0 +1,141 @@
+package adminapi
+
+import (
+	"time"
+
+	"github.com/patchctl/patchctl/fleet"
+)
+
+// Health is the answer to GET /v1/health: who the agent is and which index
+// it follows.
+type Health struct {
+	PeerID       string            `json:"peer_id"`
+	Role         string            `json:"role"` // origin, proxy or node
+	Site         string            `json:"site,omitempty"`
+	Target       string            `json:"target,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	Addrs        []string          `json:"addrs"`
+	IndexVersion uint64            `json:"index_version"`
+}
+
+// IndexPosted answers a posted index: the version the origin now follows.
+type IndexPosted struct {
+	Version uint64 `json:"version"`
+}
+
+// IngestResult answers a posted release: the chunks the origin still lacks,
+// or none once it took the release.
+type IngestResult struct {
+	Name    string   `json:"name"`
+	CID     string   `json:"cid"`
+	Missing []string `json:"missing"`
+	Stored  bool     `json:"stored"`
+}
+
+// RetryRequest orders the failed installs of Release to run again: on
+// every node where it failed, or on Node only.
+type RetryRequest struct {
+	Release string `json:"release"`
+	Node    string `json:"node,omitempty"`
+}
+
+// RetryResult answers a retry: the generation ordered, and how many of the
+// nodes the order is for are failed now, as the origin last heard.
+type RetryResult struct {
+	Release    string `json:"release"`
+	Node       string `json:"node,omitempty"`
+	Generation uint64 `json:"generation"`
+	Failed     int    `json:"failed"`
+}
+
+// InstallResult answers an install request.
+type InstallResult struct {
+	Release string `json:"release"`
+	// State is the release's state on the node after the request:
+	// pending, downloading or downloaded while the install is on its way.
+	State string `json:"state"`
+}
+
+// NodeStatus is a node's answer to GET /v1/status: its releases.
+type NodeStatus struct {
+	Deployments []fleet.DeploymentStatus `json:"deployments"`
+}
+
+// FleetStatus is the fleet view of the releases of the index: per release
+// and site, the nodes targeted, how many hold every chunk, how many
+// installed, and each failure with its node and reason.
+type FleetStatus struct {
+	Releases []ReleaseStatus `json:"releases"`
+	// Unenrolled lists peers whose status reports were refused because
+	// the signed index does not enrol them for the sites they report:
+	// a proxy not enrolled yet (patchctl enrol), or a peer posing as one.
+	Unenrolled []Unenrolled `json:"unenrolled,omitempty"`
+}
+
+// Unenrolled is a peer that reported sites it is not enrolled for.
+type Unenrolled struct {
+	Peer  string    `json:"peer"`
+	Sites []string  `json:"sites"`
+	Seen  time.Time `json:"seen"`
+}
+
+// ReleaseStatus is one release of the fleet view.
+type ReleaseStatus struct {
+	Name  string       `json:"name"`
+	Sites []SiteCounts `json:"sites"`
+}
+
+// SiteCounts is one release in one site. Only nodes count: proxies and the
+// origin cache and serve, never install.
+type SiteCounts struct {
+	Site       string         `json:"site"`
+	Nodes      int            `json:"nodes"`      // targeted by a deployment
+	Replicated int            `json:"replicated"` // of those, holding every chunk
+	Installed  int            `json:"installed"`  // installed, or installed until a restart
+	States     map[string]int `json:"states"`     // every targeted node's state
+	Failed     []NodeReason   `json:"failed"`     // failed or refused
+	Blocked    []NodeReason   `json:"blocked,omitempty"`
+	// Downloading is the progress of the nodes still downloading.
+	Downloading []NodeProgress `json:"downloading,omitempty"`
+	// Offline lists the targeted nodes their proxy has not heard from for
+	// a while, with when it last did; their counts are as last reported.
+	Offline []NodeSeen `json:"offline,omitempty"`
+	// ProxyReplicated: the site's proxy holds the release whole.
+	ProxyReplicated bool `json:"proxy_replicated"`
+}
+
+// NodeProgress is a node's download.
+type NodeProgress struct {
+	Node    string  `json:"node"`
+	Bytes   int64   `json:"bytes"`
+	Total   int64   `json:"total"`
+	Percent float64 `json:"percent"`
+}
+
+// NodeReason is a node and why it is where it is.
+type NodeReason struct {
+	Node   string `json:"node"`
+	State  string `json:"state"`
+	Reason string `json:"reason"`
+}
+
+// NodeSeen is a node and when its proxy last heard from it.
+type NodeSeen struct {
+	Node     string    `json:"node"`
+	LastSeen time.Time `json:"last_seen"`
+}
+
+// About is a node's list of installed and retired releases.
+type About struct {
+	Installed []AboutEntry `json:"installed"`
+	Retired   []AboutEntry `json:"retired"`
+}
+
+// AboutEntry is one release of About.
+type AboutEntry struct {
+	Name            string    `json:"name"`
+	InstalledAt     time.Time `json:"installed_at"`
+	RestartRequired bool      `json:"restart_required,omitempty"`
+	RetiredAt       time.Time `json:"retired_at,omitzero"`
+	RetiredBy       string    `json:"retired_by,omitempty"`
+}

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/patchctl/patchctl/adminapi"
+	"github.com/patchctl/patchctl/manifest"
+)
+
+// Files an agent writes to its data dir for the CLI on the same machine.
+const (
+	// agentInfoFile: its peer ID, listen addresses and admin URL.
+	agentInfoFile = "agent.json"
+	// adminTokenFile: the admin token, readable by the agent's user only.
+	adminTokenFile = "admin.token"
+)
+
+// AgentInfo is the content of agentInfoFile.
+type AgentInfo struct {
+	PeerID string   `json:"peer_id"`
+	Role   string   `json:"role"`
+	Addrs  []string `json:"addrs"`
+	Admin  string   `json:"admin"`
+	PID    int      `json:"pid"`
+}
+
+// readAgentInfo reads the agent info of the data dir, or nil if it has none.
+func readAgentInfo(dataDir string) *AgentInfo {
+	b, err := os.ReadFile(filepath.Join(dataDir, agentInfoFile))
+	if err != nil {
+		return nil
+	}
+	var info AgentInfo
+	if json.Unmarshal(b, &info) != nil || info.Admin == "" {
+		return nil
+	}
+	return &info
+}
+
+// adminFlags are the flags of a command that talks to an agent's admin API
+// at the URL flag urlFlag.
+func adminFlags(urlFlag, whose string) []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: urlFlag, Usage: whose + " admin API `URL` (default: the agent of --data-dir, from its " + agentInfoFile + ")"},
+		&cli.StringFlag{Name: "admin-token", Usage: "send the admin token read from `FILE` (default: the agent's own " + adminTokenFile + ", for the agent of --data-dir)"},
+		&cli.StringFlag{Name: "admin-ca", Usage: "trust the CA certificates in PEM `FILE` for an https admin URL"},
+	}
+}
+
+// adminClient returns a client of the admin API that --urlFlag names, or of
+// the agent of the data dir. The token of the data dir's agent is sent only
+// to that agent, never to another URL.
+func adminClient(c *cli.Context, g globals, urlFlag string) (*adminapi.Client, error) {
+	local := readAgentInfo(g.dataDir)
+	raw := c.String(urlFlag)
+	if raw == "" {
+		if local == nil {
+			return nil, usageError("--%s URL is required: no agent has run on the data dir %s", urlFlag, g.dataDir)
+		}
+		raw = local.Admin
+	}
+	opts := adminapi.ClientOptions{}
+	switch f := c.String("admin-token"); {
+	case f != "":
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("--admin-token: %w", err)
+		}
+		opts.Token = strings.TrimSpace(string(b))
+	case local != nil && sameAgent(raw, local.Admin):
+		if b, err := os.ReadFile(filepath.Join(g.dataDir, adminTokenFile)); err == nil {
+			opts.Token = strings.TrimSpace(string(b))
+		}
+	}
+	if f := c.String("admin-ca"); f != "" {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("--admin-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, usageError("--admin-ca %s holds no PEM certificate", f)
+		}
+		opts.TLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	ac, err := adminapi.NewClient(raw, opts)
+	if err != nil {
+		return nil, usageError("--%s: %v", urlFlag, err)
+	}
+	return ac, nil
+}
+
+// sameAgent reports whether two admin URLs name the same agent.
+func sameAgent(a, b string) bool {
+	ua, err1 := url.Parse(a)
+	ub, err2 := url.Parse(b)
+	return err1 == nil && err2 == nil && ua.Scheme == ub.Scheme && strings.EqualFold(ua.Host, ub.Host)
+}
+
+// signingRoot is what an index fetched from the origin is checked against
+// before it is extended and signed: the --trust root, or, without one, a
+// root of the signing keys alone.
+func signingRoot(c *cli.Context, keys []ed25519.PrivateKey) (*manifest.Root, error) {
+	if f := c.String("trust"); f != "" {
+		return loadTrust(f)
+	}
+	pubs := make([]ed25519.PublicKey, len(keys))
+	for i, k := range keys {
+		pubs[i] = k.Public().(ed25519.PublicKey)
+	}
+	return manifest.NewRoot(pubs, 1, 1, time.Now().Add(time.Hour))
+}
+
+// originIndex returns the origin's index, verified against root, or nil if
+// it has none yet. What is signed next builds on it, so an origin that lies
+// must not get releases signed in.
+func originIndex(ctx context.Context, ac *adminapi.Client, root *manifest.Root) (*manifest.Index, error) {
+	env, err := ac.Index(ctx)
+	if errors.Is(err, adminapi.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	ix, err := root.VerifyIndex(env, time.Now(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("the origin's index: %w", err)
+	}
+	return ix, nil
+}
+
+// indexEdit changes the next index version; it may refuse (with an error)
+// given the index held (nil if none), and it reports false if the index
+// already says what it would make it say.
+type indexEdit func(held *manifest.Index, next *manifest.Index) (changed bool, err error)
+
+// maxIndexAttempts bounds how often an edit is signed again on a fresh
+// index when others changed the origin's meanwhile.
+const maxIndexAttempts = 5
+
+// editOriginIndex signs the origin's next index version, changed by edit,
+// with keys and hands it to the origin. If another edit got there first
+// (adminapi.ErrConflict), it does it again on the fresh index, so both
+// changes end up in it. It returns the index the origin holds afterwards.
+func editOriginIndex(ctx context.Context, ac *adminapi.Client, root *manifest.Root, keys []ed25519.PrivateKey, lifetime time.Duration, edit indexEdit) (*manifest.Index, bool, error) {
+	for attempt := 1; ; attempt++ {
+		held, err := originIndex(ctx, ac, root)
+		if err != nil {
+			return nil, false, err
+		}
+		now := time.Now()
+		next := &manifest.Index{Version: 1, Channel: "stable"}
+		if held != nil {
+			next.Version, next.Channel = held.Version+1, held.Channel
+			next.Releases = append([]manifest.IndexEntry(nil), held.Releases...)
+			next.Deployments = append([]manifest.Deployment(nil), held.Deployments...)
+			next.Proxies = append([]manifest.ProxyEnrolment(nil), held.Proxies...)
+		}
+		next.Created, next.Expires = now, now.Add(lifetime)
+		changed, err := edit(held, next)
+		if err != nil || !changed {
+			return held, false, err
+		}
+		env, err := manifest.SignIndex(next, keys...)
+		if err != nil {
+			return nil, false, err
+		}
+		_, err = ac.PostIndex(ctx, env)
+		if errors.Is(err, adminapi.ErrConflict) && attempt < maxIndexAttempts {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		return next, true, nil
+	}
+}

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/patchctl/patchctl/agent"
+	"github.com/patchctl/patchctl/lifecycle"
+	"github.com/patchctl/patchctl/manifest"
+)
+
+func deployCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "deploy",
+		Usage:     "deploy a release to the nodes a selector matches: sign the origin's next index with the deployment added",
+		ArgsUsage: "RELEASE",
+		Flags: append([]cli.Flag{
+			&cli.StringSliceFlag{Name: "key", Usage: "signing key `FILE` (NAME.key; repeatable, up to the trust root's threshold)", Required: true},
+			&cli.StringFlag{Name: "to", Usage: "`SELECTOR`: key=value terms joined by commas, all of which must match (site=, target=client|server, node=, or a label); empty is every node"},
+			&cli.StringFlag{Name: "mode", Value: manifest.ModeAssigned, Usage: "assigned (download and install) or available (download; install on request)"},
+			&cli.StringFlag{Name: "window", Usage: "install only between `HH:MM-HH:MM`, the node's local time (assigned only)"},
+			&cli.StringFlag{Name: "trust", Usage: "trust root `FILE` the origin's current index is checked against (default: the signing keys alone)"},
+			&cli.DurationFlag{Name: "lifetime", Value: 30 * 24 * time.Hour, Usage: "how long the signed index stays valid"},
+		}, adminFlags("origin", "the origin's")...),
+		Action: func(c *cli.Context) error {
+			if err := exactArgs(c, 1, "RELEASE (flags go before it)"); err != nil {
+				return err
+			}
+			return runDeploy(c, globalsOf(c), c.Args().First())
+		},
+	}
+}
+
+func runDeploy(c *cli.Context, g globals, name string) error {
+	d, err := deploymentFlags(c, name)
+	if err != nil {
+		return err
+	}
+	keys, _, err := readKeys(c.StringSlice("key"), nil)
+	if err != nil {
+		return err
+	}
+	ac, err := adminClient(c, g, "origin")
+	if err != nil {
+		return err
+	}
+	root, err := signingRoot(c, keys)
+	if err != nil {
+		return err
+	}
+	ix, added, err := editOriginIndex(c.Context, ac, root, keys, c.Duration("lifetime"), func(held, next *manifest.Index) (bool, error) {
+		if held == nil {
+			return false, fmt.Errorf("the origin has no index yet; publish %s there first (publish --origin): %w", name, agent.ErrReleaseNotFound)
+		}
+		if _, ok := held.Lookup(name); !ok {
+			return false, fmt.Errorf("release %s is not in the origin's index; publish it there first (publish --origin): %w", name, agent.ErrReleaseNotFound)
+		}
+		if slices.Contains(held.Deployments, d) {
+			return false, nil
+		}
+		next.Deployments = append(next.Deployments, d)
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	return printDeploy(g, d, ix.Version, added)
+}
+
+// deploymentFlags reads --to, --mode and --window into a deployment of
+// release, in the canonical form of each.
+func deploymentFlags(c *cli.Context, release string) (manifest.Deployment, error) {
+	sel, err := lifecycle.ParseSelector(c.String("to"))
+	if err != nil {
+		return manifest.Deployment{}, usageError("--to: %v", err)
+	}
+	win, err := lifecycle.ParseWindow(c.String("window"))
+	if err != nil {
+		return manifest.Deployment{}, usageError("--window: %v", err)
+	}
+	mode := c.String("mode")
+	if mode != manifest.ModeAssigned && mode != manifest.ModeAvailable {
+		return manifest.Deployment{}, usageError("--mode %q: want assigned or available", mode)
+	}
+	if !win.IsZero() && mode != manifest.ModeAssigned {
+		return manifest.Deployment{}, usageError("--window applies to assigned deployments; an available one installs when asked")
+	}
+	return manifest.Deployment{Release: release, Selector: sel.String(), Mode: mode, Window: win.String()}, nil
+}
+
+func printDeploy(g globals, d manifest.Deployment, version uint64, added bool) error {
+	if g.json {
+		return g.printJSON(map[string]any{"deployment": d, "index_version": version, "added": added})
+	}
+	to := d.Selector
+	if to == "" {
+		to = "every node"
+	}
+	win := ""
+	if d.Window != "" {
+		win = " in " + d.Window
+	}
+	if !added {
+		fmt.Fprintf(g.stdout, "%s is already deployed %s to %s%s (index version %d); nothing changed\n", d.Release, d.Mode, to, win, version)
+		return nil
+	}
+	fmt.Fprintf(g.stdout, "deployed %s %s to %s%s: index version %d\n", d.Release, d.Mode, to, win, version)
+	return nil
+}
