@@ -52,7 +52,7 @@ func applyConfigFile(c *cli.Context) error {
 		// The global data dir is set on the context that holds it.
 		ctx := c
 		if key == "data-dir" {
-			ctx = c.Lineage()[len(c.Lineage())-1]
+			ctx = globalContext(c)
 		}
 		if ctx.IsSet(key) {
 			continue
@@ -68,6 +68,16 @@ func applyConfigFile(c *cli.Context) error {
 		}
 	}
 	return nil
+}
+
+// globalContext returns the context of the app's own flags.
+func globalContext(c *cli.Context) *cli.Context {
+	for _, x := range c.Lineage() {
+		if slices.Contains(x.FlagNames(), "data-dir") {
+			return x
+		}
+	}
+	return c
 }
 
 // configValues renders a YAML value as the flag values it stands for.
