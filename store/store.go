@@ -1,8 +1,10 @@
 // Package store owns chunks at rest: a content-addressed store keyed by chunk
-// CID (on disk, zstd-compressed, written atomically; or in memory), the
-// frame format chunks are stored and sent in, pins per release and garbage
-// collection of unpinned chunks, fsck, the catalog of signed release envelopes,
-// and assembling a release's files from its chunks. It knows nothing of peers.
+// CID (on disk, zstd-compressed, written atomically; or in memory), a cache
+// over an upstream with a byte quota (a site proxy's), the frame format
+// chunks are stored and sent in, pins per release and garbage collection of
+// unpinned chunks, fsck, and assembling a release's files from its chunks.
+// It knows nothing of peers; the signed release envelopes are package
+// agent's catalog.
 package store
 
 import (
