@@ -58,7 +58,7 @@ func newCore(ctx context.Context, cfg Config) (*core, error) {
 		return nil, err
 	}
 	c := &core{
-		cfg: cfg, role: cfg.role(), log: log.With("peer", p.Host.ID().ShortString()), clock: cfg.Clock,
+		cfg: cfg, role: cfg.role(), log: log.With("self", p.Host.ID().ShortString()), clock: cfg.Clock,
 		peer: p, db: db, index: indexFile{dir: cfg.DataDir},
 		dirty: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 		downstream: map[peer.ID]time.Time{},
