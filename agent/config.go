@@ -163,8 +163,7 @@ const (
 	// defaultServingPeers is how many peers an origin or a proxy holds at
 	// once unless told otherwise: every node of a large site, or the
 	// proxies of thousands of sites. libp2p's defaults stop at 192 peers
-	// and 256 inbound connections, on which a 500-node test fleet of
-	// direct clients stalled.
+	// and 256 inbound connections (docs/decisions/0018).
 	defaultServingPeers = 4096
 )
 

@@ -135,9 +135,8 @@ type IngestOptions struct {
 	// Workers is how many chunks are on their way into the store at once;
 	// default 16 per CPU. Creating a file blocks while the file system
 	// commits its journal (which a flush of the store's write batch
-	// forces), and the cores should go on compressing meanwhile: on this
-	// project's machines a 128 MiB publish to disk took 1.05-1.27 s with 16
-	// workers per CPU against 1.39 s with 4.
+	// forces), and the cores should go on compressing meanwhile
+	// (docs/decisions/0013).
 	Workers  int
 	Progress func(bytes int64) // called with bytes read so far
 	// Explain fills IngestStats.MemberStats.

@@ -39,14 +39,9 @@ const (
 const maxMethodLen = 32
 
 // DefaultChunkParams: an average of 64 KiB, between 16 KiB and 256 KiB.
-//
-// Measured on a tar of a Go distribution with 1% of its bytes overwritten in
-// 4 KiB runs at scattered places (BenchmarkChunkSizeDedupe in package agent;
-// docs/architecture.md), the share of chunks that survived the edit was
-// about 89% at 64 KiB, 67% at 256 KiB and 27% at 1 MiB. Service packs differ
-// from their predecessors in many scattered places, so the bytes a site must
-// move for the next pack shrink far more from small chunks than the manifest
-// grows (about 16,000 chunk IDs, ~1.3 MB of manifest, per GiB).
+// Service packs differ from their predecessors in many scattered places, so
+// the bytes a site must move for the next pack shrink far more from small
+// chunks than the manifest grows (docs/decisions/0001).
 var DefaultChunkParams = ChunkParams{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
 
 // DefaultArchiveChunkParams are DefaultChunkParams with archive-aware

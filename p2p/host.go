@@ -71,7 +71,7 @@ type HostConfig struct {
 	// Peers is how many peers the host must hold connections to at once,
 	// such as every node of a large site for its proxy; 0 keeps libp2p's
 	// defaults, which trim beyond 192 peers and, on a machine with 24 GiB
-	// of memory, admit 256 inbound connections in all.
+	// of memory, admit 256 inbound connections in all (docs/decisions/0018).
 	Peers int
 	// DialTCP, if set, opens every outgoing TCP connection in place of the
 	// operating system's dialer; test networks use it to run connections
@@ -367,8 +367,8 @@ func roomForPeers(peers int) ([]libp2p.Option, error) {
 	}
 	// libp2p.DisableMetrics does not reach a resource manager, neither one
 	// built here nor libp2p's default: without this option it traces every
-	// reservation into Prometheus collectors nobody exports, 3% of the CPU
-	// of a 500-node testnet.
+	// reservation into Prometheus collectors nobody exports, at a cost in
+	// CPU (docs/decisions/0019).
 	mgr, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(scaled), rcmgr.WithMetricsDisabled())
 	if err != nil {
 		return nil, err

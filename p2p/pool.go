@@ -8,8 +8,9 @@ import (
 
 // Every chunk stream needs a read or write buffer and a frame buffer, and
 // every other stream a small reader or writer. They are pooled: fresh for
-// each stream, they were half the bytes a 500-node testnet allocated, and
-// fresh memory costs page faults and clearing before it holds a byte.
+// each stream, they were half the bytes a large swarm allocated, and fresh
+// memory costs page faults and clearing before it holds a byte
+// (docs/decisions/0015).
 var (
 	chunkReaders = &bufPool[*bufio.Reader, io.Reader]{p: sync.Pool{New: func() any { return bufio.NewReaderSize(nil, chunkReadBuffer) }}}
 	chunkWriters = &bufPool[*bufio.Writer, io.Writer]{p: sync.Pool{New: func() any { return bufio.NewWriterSize(nil, chunkWriteBuffer) }}}

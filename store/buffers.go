@@ -9,10 +9,9 @@ import (
 	"github.com/patchctl/patchctl/manifest"
 )
 
-// Chunk-sized buffers are pooled because fresh memory is what bulk work
-// (Fsck, Extract, Put) pays most for: on the development VM a Get into a new
-// 64 KiB slice cost ~100 µs in page faults and clearing, against ~25 µs for
-// the whole read into a reused buffer.
+// Chunk-sized buffers are pooled because fresh memory, its page faults and
+// clearing, is what bulk work (Fsck, Extract, Put) pays most for
+// (docs/decisions/0015).
 
 // bufs pools buffers of at least minBuf bytes. Pointers to slices, so that
 // putting one back does not allocate a slice header.

@@ -285,8 +285,8 @@ func (d *Disk) Sync(ctx context.Context) error {
 		return nil
 	}
 	// One syncfs makes every directory entry durable at once: with more
-	// than a few directories it beats an fsync each (a publish dirties all
-	// 256 shards, ~0.4 ms apiece here).
+	// than a few directories it beats an fsync each, and a publish dirties
+	// all 256 shards (docs/decisions/0011).
 	if len(dirty) > 8 {
 		if err := syncfs(d.chunks); err != nil {
 			d.remark(dirty)

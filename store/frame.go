@@ -34,9 +34,8 @@ const (
 // costs a few more WAN bytes but decodes as a plain copy on every receiver.
 const minSaving = 32
 
-// SpeedDefault rather than SpeedFastest: on 64 KiB chunks of a software tarball
-// SpeedDefault ran ~144 MB/s at ratio 3.97 and SpeedFastest 223 MB/s at 3.76;
-// the publisher compresses once, and every site pays the WAN bytes.
+// SpeedDefault rather than SpeedFastest: the publisher compresses once, and
+// every site pays the WAN bytes (docs/decisions/0008).
 var encoders = sync.Pool{New: func() any {
 	enc, err := zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(zstd.SpeedDefault),
@@ -108,8 +107,8 @@ func MaxFrameSize(n int) int {
 
 // appendRawFrame writes data as a zstd frame of raw blocks. It is hand-written
 // because klauspost/compress offers no way to emit raw blocks without first
-// trying to compress them: SpeedDefault takes ~16 µs to give up on a random
-// 64 KiB chunk, where the estimate and this copy take ~7 µs together.
+// trying to compress them, which costs more than the estimate and this copy
+// together (docs/decisions/0007).
 func appendRawFrame(dst, data []byte) []byte {
 	n := len(data)
 	dst = slices.Grow(dst, n+3*(n/maxBlockSize+1)+14)
@@ -155,18 +154,10 @@ func appendRawFrame(dst, data []byte) []byte {
 // incompressible if its sum is within 8% of that (a collision entropy of
 // about 7.8 bits per byte on 4 KiB).
 //
-// Measured on 64 KiB pieces of a tar of all of GOROOT (3,722 chunks of
-// source, binaries and test data) plus deflated and random data (342
-// chunks): the estimate costs 3-4 µs a chunk (0.05-0.07 ns/byte), where
-// SpeedDefault needs ~16 µs to give up on a random chunk, and a SpeedFastest
-// trial on 3×4 KiB samples ~3 µs on random data but 55-75 µs on
-// compressible data. The estimate sent to the raw path chunks that
-// compression would have shrunk by only 0.02% of the total compressed
-// output. A trial compression judged worse: the fast encoder skips entropy
-// coding when it finds no matches in a small sample, so it called many
-// compressible binary chunks incompressible (1.8% of output lost). The 24
-// incompressible chunks the estimate missed are caught by minSaving after
-// a real compression.
+// It costs far less than giving up on a compression, and calls fewer
+// compressible chunks incompressible than a trial compression of samples
+// did; what it misses, minSaving catches after a real compression
+// (docs/decisions/0009).
 func incompressible(data []byte) bool {
 	const samples, sampleSize = 4, 1 << 10
 	// Four interleaved tables let consecutive increments of the same byte

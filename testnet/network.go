@@ -52,10 +52,9 @@ type Config struct {
 	// the sites are cut, in order, into groups of at most SiblingGroup
 	// (default 4), and each proxy names the others of its group as its
 	// siblings. Every proxy of a group sends on the others' parts over its
-	// own WAN uplink, (g-1)/g of a copy for a group of g: the uplinks of a
-	// group of 20 would have to run at 95% for the whole distribution,
-	// while a group of 4 leaves them a quarter spare, and each proxy keeps
-	// 3 sibling connections instead of 19. The origin sends one copy per
+	// own WAN uplink, (g-1)/g of a copy for a group of g: a group of 4
+	// leaves the uplinks a quarter spare, and each proxy keeps 3 sibling
+	// connections (docs/decisions/0029). The origin sends one copy per
 	// group.
 	SiblingProxies bool
 	SiblingGroup   int

@@ -53,8 +53,8 @@ func (p *Pipe) Name() string { return p.name }
 // pieceSize is the most a shaped conn moves through its pipes at once, and
 // bigPieceSize that on a path of fast pipes only (fastPipe bytes/s or more,
 // or unlimited). Every piece costs a socket write and two goroutine
-// hand-offs: on the 1 Gbit/s links of a 500-node testnet's sites, 16 KiB
-// pieces (131 µs of link time each) made the shaping a tenth of its CPU.
+// hand-offs, so on fast links small pieces spend much of the CPU on the
+// shaping itself (docs/decisions/0033).
 const (
 	pieceSize    = 16 << 10
 	bigPieceSize = 64 << 10
@@ -127,9 +127,9 @@ func (path Path) latency() time.Duration {
 // Latency is a delay line, not stop-and-wait: many pieces are in flight at
 // once, as on a real link, so a long path still fills its bandwidth.
 //
-// Shaping at one end of the connection, the dialer's, keeps a relayed
-// connection at the two descriptors of a plain one: a testnet of 500 agents
-// with a forwarding hop per connection ran out of open files.
+// Shaping at one end of the connection, the dialer's, keeps a shaped
+// connection at the two descriptors of a plain one, so that a testnet of
+// hundreds of agents fits its open-file limit (docs/decisions/0032).
 type ShapedConn struct {
 	raw                net.Conn
 	up, down           Path
@@ -166,8 +166,7 @@ type piece struct {
 }
 
 // piecePool recycles the buffers of pieces: every byte a testnet moves
-// crosses one, and a fresh 16 KiB buffer per piece was a quarter of the
-// allocations of a 500-node run.
+// crosses one (docs/decisions/0015).
 var piecePool = sync.Pool{New: func() any { b := make([]byte, bigPieceSize); return &b }}
 
 func freePiece(p *piece) {

@@ -12,9 +12,8 @@ import (
 
 // softMemoryLimit keeps the Go heap of a long publish or fetch near what it
 // really holds (chunk buffers, the manifest being built): without it the
-// collector lets the heap grow to twice the live data, which at the end of a
-// 4 GiB publish (~60 MB of manifest, its encoding and the envelope) meant
-// ~180 MB of RSS. GOMEMLIMIT in the environment overrides it.
+// collector lets the heap grow to twice the live data (docs/decisions/0014).
+// GOMEMLIMIT in the environment overrides it.
 const softMemoryLimit = 80 << 20
 
 func main() {
