@@ -23,6 +23,7 @@ type follower struct {
 	mu        sync.Mutex
 	announcer peer.ID // the upstream that announced a newer index, asked first
 	warned    bool    // the last poll failed and said so
+	refused   string  // why the last index refused was, said once
 }
 
 func newFollower(c *core, upstreams []peer.AddrInfo) *follower {
@@ -106,8 +107,15 @@ func (f *follower) pullFrom(ctx context.Context, p peer.ID) (bool, *manifest.Ind
 	}
 	ix, adopted, err := f.c.adopt(env)
 	if err != nil {
-		f.c.log.Warn("agent: index refused", "upstream", p, "err", err)
-		return false, nil, err
+		f.mu.Lock()
+		again := f.refused == err.Error()
+		f.refused = err.Error()
+		f.mu.Unlock()
+		if !again {
+			f.c.log.Warn("agent: index refused", "upstream", p, "err", err)
+		}
+		// The upstream answered; asking again soon would get the same.
+		return true, nil, err
 	}
 	if !adopted {
 		return true, nil, nil
