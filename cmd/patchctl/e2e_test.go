@@ -374,3 +374,24 @@ func TestTrustRotation(t *testing.T) {
 	e.ok("verify", "--trust", "trust2.json", "SP-S041000006")
 	e.fails(1, "", "verify", "--trust", "trust.json", "SP-S041000006")
 }
+
+// The production binary links no test harness: the demo, which runs a
+// testnet in one process, is a build of its own (tag demo).
+func TestTheProductionBinaryLinksNoTestnet(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if strings.Contains(pkg, "/testnet") {
+			t.Errorf("patchctl links %s", pkg)
+		}
+	}
+	demo, err := exec.Command("go", "list", "-deps", "-tags", "demo", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(demo), "github.com/patchctl/patchctl/testnet\n") {
+		t.Error("the demo build does not link the testnet it runs")
+	}
+}
