@@ -12,7 +12,7 @@ all: build
 
 # One static binary: no cgo, so it runs on any Linux of the architecture.
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/patchctl
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -o $(BIN) ./cmd/patchctl
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

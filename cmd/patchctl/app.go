@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 
 	"github.com/urfave/cli/v2"
 
@@ -96,30 +97,87 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			idCommand(),
 			indexCommand(),
 		},
-		Writer:          stdout,
-		ErrWriter:       stderr,
-		HideHelpCommand: true,
-		ExitErrHandler:  func(*cli.Context, error) {}, // run maps errors to exit codes
+		Version:        version(),
+		Writer:         stdout,
+		ErrWriter:      stderr,
+		ExitErrHandler: func(*cli.Context, error) {}, // run maps errors to exit codes
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return &exitError{code: exitUsage, err: err}
 		},
 	}
 	app.Commands = append(app.Commands, extraCommands()...)
 	for _, c := range app.Commands {
-		addJSONFlag(c)
+		prepare(c)
 	}
 	return app
 }
 
-func addJSONFlag(c *cli.Command) {
+// version is the module version and VCS revision the binary was built from.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		switch {
+		case s.Key == "vcs.revision" && len(s.Value) >= 12:
+			v += " " + s.Value[:12]
+		case s.Key == "vcs.modified" && s.Value == "true":
+			v += "+modified"
+		}
+	}
+	return v
+}
+
+// prepare gives every command the --json flag, and makes a missing
+// required flag a command-line mistake (exit 2) that names it: urfave/cli
+// reports it as an error of no particular kind.
+func prepare(c *cli.Command) {
 	if c.Action != nil {
 		c.Flags = append(c.Flags, jsonFlag)
 		c.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
 			return &exitError{code: exitUsage, err: err}
 		}
+		var required []string
+		for _, f := range c.Flags {
+			if r, ok := f.(cli.RequiredFlag); ok && r.IsRequired() {
+				required = append(required, f.Names()[0])
+				unrequire(f)
+			}
+		}
+		if len(required) > 0 {
+			action := c.Action
+			c.Action = func(ctx *cli.Context) error {
+				for _, name := range required {
+					if !ctx.IsSet(name) {
+						return usageError("%s: --%s is required", ctx.Command.FullName(), name)
+					}
+				}
+				return action(ctx)
+			}
+		}
 	}
 	for _, sub := range c.Subcommands {
-		addJSONFlag(sub)
+		prepare(sub)
+	}
+}
+
+// unrequire clears a flag's Required, which prepare checks instead.
+func unrequire(f cli.Flag) {
+	switch f := f.(type) {
+	case *cli.StringFlag:
+		f.Required = false
+	case *cli.StringSliceFlag:
+		f.Required = false
+	case *cli.BoolFlag:
+		f.Required = false
+	case *cli.IntFlag:
+		f.Required = false
+	case *cli.DurationFlag:
+		f.Required = false
+	case *cli.Uint64Flag:
+		f.Required = false
 	}
 }
 
@@ -128,7 +186,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
 	var unknown string
 	app.CommandNotFound = func(_ *cli.Context, name string) { unknown = name }
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, reorderArgs(app, args))
 	if err == nil && unknown != "" {
 		err = usageError("no command %q; see patchctl --help", unknown)
 		if unknown == "demo" {

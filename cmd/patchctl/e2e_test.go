@@ -341,6 +341,35 @@ func TestUsageErrors(t *testing.T) {
 	e.fails(2, "exists", "key", "generate", "--out", "release")
 	e.fails(1, "HF-", "publish", "--key", "release.key", "--name", "HF-X1", "pack")
 	e.fails(3, "", "extract", "SP-S041000005", "out")
+	e.fails(2, "--out is required", "key", "generate")
+	e.fails(2, "--trust is required", "verify", "SP-S041000005")
+}
+
+func TestFlagsMayFollowTheArguments(t *testing.T) {
+	e := newEnv(t)
+	// The subcommand's flags after its arguments, and a global flag after
+	// the subcommand.
+	out := e.ok("publish", "pack", "--name", "SP-S041000005", "--key", "release.key", "--json")
+	var p publishJSON
+	if err := json.Unmarshal([]byte(out), &p); err != nil || p.Name != "SP-S041000005" {
+		t.Fatalf("publish with its flags last printed %q (%v)", out, err)
+	}
+	other := filepath.Join(e.dir, "other")
+	e.ok("publish", "pack", "--data-dir", other, "--key", "release.key", "--name", "SP-S041000006")
+	if !strings.Contains(e.ok("ls", "--data-dir", other), "SP-S041000006") {
+		t.Error("--data-dir after the subcommand did not choose the data dir")
+	}
+	if out := e.ok("verify", "SP-S041000005", "--trust", "trust.json", "--json"); !strings.Contains(out, "SP-S041000005") {
+		t.Errorf("verify with its flags last printed %q", out)
+	}
+	// What follows -- is an argument, even if it looks like a flag.
+	e.fails(1, `release name "-x"`, "verify", "--trust", "trust.json", "--", "-x")
+	if out := e.ok("--version"); !strings.HasPrefix(out, "patchctl version ") {
+		t.Errorf("--version printed %q", out)
+	}
+	if out := e.ok("help"); !strings.Contains(out, "COMMANDS") {
+		t.Errorf("help printed %q", out)
+	}
 }
 
 func TestTrustRotation(t *testing.T) {
