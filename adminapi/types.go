@@ -66,6 +66,9 @@ type NodeStatus struct {
 // installed, and each failure with its node and reason.
 type FleetStatus struct {
 	Releases []ReleaseStatus `json:"releases"`
+	// LabelKeys are the keys of the labels the nodes below report, for
+	// checking a selector before it is signed.
+	LabelKeys []string `json:"label_keys,omitempty"`
 	// Unenrolled lists peers whose status reports were refused because
 	// the signed index does not enrol them for the sites they report:
 	// a proxy not enrolled yet (patchctl enrol), or a peer posing as one.

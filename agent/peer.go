@@ -276,6 +276,10 @@ func (p *Peer) fetchRelease(ctx context.Context, envelope []byte, m *manifest.Ma
 	}
 	sum.Seconds = time.Since(start).Seconds()
 	if err != nil {
+		if len(sum.Banned) > 0 && errors.Is(err, p2p.ErrNoSource) {
+			// What is missing, peers had; they sent it corrupt.
+			return sum, fmt.Errorf("fetch %s: %d peers sent chunks that failed verification and were banned: %w: %w", m.Name, len(sum.Banned), store.ErrCorrupt, err)
+		}
 		return sum, fmt.Errorf("fetch %s: %w", m.Name, err)
 	}
 	// Chunk names durable, then the pin, then the envelope: the same order

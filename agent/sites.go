@@ -152,6 +152,15 @@ func fleetStatus(ix *manifest.Index, sites []fleet.SiteStatus, release string) (
 		}
 		entries = []manifest.IndexEntry{e}
 	}
+	keys := map[string]bool{}
+	for _, s := range sites {
+		for _, n := range s.Nodes {
+			for k := range n.Labels {
+				keys[k] = true
+			}
+		}
+	}
+	out.LabelKeys = slices.Sorted(maps.Keys(keys))
 	for _, e := range entries {
 		rs := adminapi.ReleaseStatus{Name: e.Name, Sites: []adminapi.SiteCounts{}}
 		for _, s := range sites {

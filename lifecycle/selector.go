@@ -125,6 +125,18 @@ func (s Selector) String() string {
 	return b.String()
 }
 
+// LabelKeys returns the keys of the selector's label terms: those that are
+// not built-in (site, target, node).
+func (s Selector) LabelKeys() []string {
+	var keys []string
+	for _, t := range s.terms {
+		if t.key != keySite && t.key != keyTarget && t.key != keyNode {
+			keys = append(keys, t.key)
+		}
+	}
+	return keys
+}
+
 // ParseLabel parses the value of a --label key=value flag. Keys and values
 // follow the selector rules, so that every label can be selected.
 func ParseLabel(s string) (key, value string, err error) {

@@ -35,5 +35,5 @@ var (
 	// accepted: a manifest of a held release with a sequence not above the
 	// held one, or an index or trust root whose version went down. It may be
 	// a replay by an attacker; the publisher must issue a higher number.
-	ErrRollback = errors.New("older than the version already accepted (rollback); the publisher must issue a higher sequence or version")
+	ErrRollback = errors.New("not newer than the version already accepted (rollback); the publisher must issue a higher sequence or version")
 )

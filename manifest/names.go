@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // PackKind tells what a release name identifies.
@@ -102,7 +103,7 @@ func parseVendorName(name string, kind PackKind) (PackID, error) {
 		return bad(fmt.Sprintf("%d characters after the prefix, want %d", len(body), wantLen))
 	}
 	if body[0] != 'C' && body[0] != 'S' {
-		return bad(fmt.Sprintf("target %q is neither C (client) nor S (server)", body[0]))
+		return bad(fmt.Sprintf("target %q is neither C (client) nor S (server)", firstRune(body)))
 	}
 	digits := body[1:10]
 	if kind == Hotfix {
@@ -113,7 +114,7 @@ func parseVendorName(name string, kind PackKind) (PackID, error) {
 	}
 	for i := 0; i < len(digits); i++ {
 		if digits[i] < '0' || digits[i] > '9' {
-			return bad(fmt.Sprintf("%q is not a digit", digits[i]))
+			return bad(fmt.Sprintf("%q is not a digit", firstRune(digits[i:])))
 		}
 	}
 	num := func(s string) int { n, _ := strconv.Atoi(s); return n }
@@ -132,14 +133,20 @@ func parseVendorName(name string, kind PackKind) (PackID, error) {
 	return id, nil
 }
 
+// firstRune returns the first character of s, whole: a byte of a
+// multi-byte character quoted alone reads as another character.
+func firstRune(s string) rune {
+	r, _ := utf8.DecodeRuneInString(s)
+	return r
+}
+
 // checkToken reports whether s is made of letters, digits and "._+-" and
 // starts with a letter or digit, so it is safe as a file name on every system.
 func checkToken(s string) error {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
+	for _, c := range s {
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '+' || c == '-'
 		if !ok {
-			return fmt.Errorf("%q: character %q is not allowed (letters, digits and . _ + - only): %w", s, c, ErrInvalid)
+			return fmt.Errorf("%q: character %q is not allowed (ASCII letters, digits and . _ + - only): %w", s, c, ErrInvalid)
 		}
 	}
 	if s == "" || s[0] == '.' || s[0] == '-' || s[0] == '_' || s[0] == '+' {

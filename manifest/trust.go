@@ -324,7 +324,10 @@ func CheckSequence(held, incoming *Manifest) error {
 	if bytes.Equal(a, b) {
 		return nil
 	}
-	return fmt.Errorf("manifest %s sequence %d, this node holds sequence %d: %w", incoming.Name, incoming.Sequence, held.Sequence, ErrRollback)
+	if incoming.Sequence == held.Sequence {
+		return fmt.Errorf("manifest %s sequence %d differs from the one of the same sequence held here: %w", incoming.Name, incoming.Sequence, ErrRollback)
+	}
+	return fmt.Errorf("manifest %s sequence %d is older than sequence %d held here: %w", incoming.Name, incoming.Sequence, held.Sequence, ErrRollback)
 }
 
 // canonicalJSON encodes v as compact JSON without HTML escaping, the

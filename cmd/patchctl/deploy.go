@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/agent"
 	"github.com/patchctl/patchctl/lifecycle"
 	"github.com/patchctl/patchctl/manifest"
@@ -24,6 +25,7 @@ func deployCommand() *cli.Command {
 			&cli.StringFlag{Name: "window", Usage: "install only between `HH:MM-HH:MM`, the node's local time (assigned only)"},
 			&cli.StringFlag{Name: "trust", Usage: "trust root `FILE` the origin's current index is checked against (default: the signing keys alone)"},
 			&cli.DurationFlag{Name: "lifetime", Value: 30 * 24 * time.Hour, Usage: "how long the signed index stays valid"},
+			&cli.BoolFlag{Name: "unseen-labels", Usage: "allow --to labels no node reports yet (for nodes that will carry them)"},
 		}, adminFlags("origin", "the origin's")...),
 		Action: func(c *cli.Context) error {
 			if err := exactArgs(c, 1, "RELEASE (flags go before it)"); err != nil {
@@ -51,6 +53,11 @@ func runDeploy(c *cli.Context, g globals, name string) error {
 	if err != nil {
 		return err
 	}
+	if !c.Bool("unseen-labels") {
+		if err := checkLabels(c, ac, d.Selector); err != nil {
+			return err
+		}
+	}
 	ix, added, err := editOriginIndex(c.Context, ac, root, keys, c.Duration("lifetime"), func(held, next *manifest.Index) (bool, error) {
 		if held == nil {
 			return false, fmt.Errorf("the origin has no index yet; publish %s there first (publish --origin): %w", name, agent.ErrReleaseNotFound)
@@ -68,6 +75,35 @@ func runDeploy(c *cli.Context, g globals, name string) error {
 		return err
 	}
 	return printDeploy(g, d, ix.Version, added)
+}
+
+// checkLabels refuses a selector with a label that no node of the fleet
+// reports: a deployment to site=a misspelt sit=a would match nothing, and
+// say nothing.
+func checkLabels(c *cli.Context, ac *adminapi.Client, selector string) error {
+	sel, err := lifecycle.ParseSelector(selector)
+	if err != nil || len(sel.LabelKeys()) == 0 {
+		return err
+	}
+	st, err := ac.Status(c.Context, "")
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{"site": true, "target": true, "node": true}
+	for _, k := range st.LabelKeys {
+		known[k] = true
+	}
+	for _, k := range sel.LabelKeys() {
+		if known[k] {
+			continue
+		}
+		msg := fmt.Sprintf("--to: no node reports a label %q", k)
+		if near := nearest(k, known); near != "" {
+			msg += fmt.Sprintf("; did you mean %q?", near)
+		}
+		return usageError("%s (give --unseen-labels to deploy to nodes that will carry it)", msg)
+	}
+	return nil
 }
 
 // deploymentFlags reads --to, --mode and --window into a deployment of

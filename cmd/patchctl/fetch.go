@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -20,7 +21,7 @@ func fetchCommand() *cli.Command {
 			&cli.StringFlag{Name: "trust", Usage: "trust root `FILE`", Required: true},
 			&cli.StringSliceFlag{Name: "peer", Usage: "peer `MULTIADDR` ending in /p2p/<peer-id> (repeatable)", Required: true},
 			&cli.StringFlag{Name: "extract", Usage: "then assemble the release's files into the new directory `DIR`"},
-			&cli.DurationFlag{Name: "stall-timeout", Usage: "give up on a peer's request that delivers nothing for this long (default 15s)"},
+			&cli.DurationFlag{Name: "stall-timeout", Value: 15 * time.Second, Usage: "give up on a peer's request that delivers nothing for this long"},
 		),
 		Action: func(c *cli.Context) error {
 			if err := exactArgs(c, 1, "NAME|CID"); err != nil {

@@ -109,20 +109,23 @@ func writeNewFile(path string, data []byte, mode os.FileMode) error {
 
 // readPrivateKey reads a NAME.key file and refuses one that others can read.
 func readPrivateKey(path string) (ed25519.PrivateKey, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s: private key is readable by others (mode %o); run chmod 600 %s", path, fi.Mode().Perm(), path)
-	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	key, err := manifest.ParsePrivateKey(data)
 	if err != nil {
+		if _, perr := manifest.ParsePublicKey(data); perr == nil {
+			return nil, usageError("%s is a public key; sign with the private key (NAME.key), or name a key to trust without signing with --pub", path)
+		}
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s: private key is readable by others (mode %o); run chmod 600 %s", path, fi.Mode().Perm(), path)
 	}
 	return key, nil
 }

@@ -254,6 +254,8 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 	// A service pack to every node; b3 is offline.
 	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "SP-S041000005", "--origin", origin.info.Admin, "--admin-token", origin.token(), "sp5")
 	e.ok("deploy", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "SP-S041000005")
+	// A selector key no node reports is a mistake, named.
+	e.fails(2, `no node reports a label "sit"; did you mean "site"?`, "deploy", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "--to", "sit=a", "SP-S041000005")
 	// Deploying again changes nothing.
 	if out := e.ok("deploy", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "SP-S041000005"); !strings.Contains(out, "already deployed") {
 		t.Errorf("a deployment sent again: %q, want it to say it is already deployed", out)

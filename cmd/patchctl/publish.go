@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/agent"
 	"github.com/patchctl/patchctl/manifest"
 )
@@ -25,7 +26,7 @@ func publishCommand() *cli.Command {
 			&cli.StringFlag{Name: "key", Usage: "signing key `FILE` (NAME.key)", Required: true},
 			&cli.StringFlag{Name: "name", Usage: "release name (HF-…, SP-… or any package name); default: the base name of the single PATH without its extension"},
 			&cli.StringFlag{Name: "channel", Value: "stable", Usage: "release channel"},
-			&cli.Uint64Flag{Name: "sequence", Usage: "manifest sequence; default: one more than the release of that name held here, or 1"},
+			&cli.Uint64Flag{Name: "sequence", Usage: "manifest sequence", DefaultText: "one more than the release of that name held here, or 1"},
 			&cli.DurationFlag{Name: "lifetime", Value: 365 * 24 * time.Hour, Usage: "how long the signed manifest stays valid"},
 			&cli.StringFlag{Name: "install-cmd", Usage: "signed install `COMMAND`, run with /bin/sh -c in the release's directory by nodes started with --allow-release-commands"},
 			&cli.StringFlag{Name: "hook", Usage: "install command as an argument list split on spaces (prefer --install-cmd)"},
@@ -136,7 +137,11 @@ func runPublish(c *cli.Context, g globals, keyFile string, paths []string, out s
 	var handed *handover
 	if c.String("origin") != "" {
 		if handed, err = handToOrigin(c, g, key, s, res); err != nil {
-			return fmt.Errorf("published %s here, but handing it to the origin failed (run the same command again to resume): %w", res.Name, err)
+			hint := ""
+			if adminapi.Classify(err) != adminapi.BadData {
+				hint = " (run the same command again to resume)"
+			}
+			return fmt.Errorf("published %s here, but handing it to the origin failed%s: %w", res.Name, hint, err)
 		}
 	}
 	changed := changedMembers(res.MemberStats)

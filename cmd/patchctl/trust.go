@@ -16,7 +16,7 @@ func trustCommand() *cli.Command {
 	keyFlags := []cli.Flag{
 		&cli.StringSliceFlag{Name: "key", Usage: "private key `FILE` that is in the root and signs it (repeatable)"},
 		&cli.StringSliceFlag{Name: "pub", Usage: "public key `FILE` to trust without signing now (repeatable)"},
-		&cli.IntFlag{Name: "threshold", Usage: "signatures a manifest needs (default 1, or the old root's)"},
+		&cli.IntFlag{Name: "threshold", Usage: "signatures a manifest needs", DefaultText: "1, or the old root's"},
 		&cli.DurationFlag{Name: "lifetime", Value: 2 * 365 * 24 * time.Hour, Usage: "how long the root stays valid"},
 		&cli.StringFlag{Name: "out", Usage: "write the signed root to `FILE`", Required: true},
 	}
