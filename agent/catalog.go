@@ -79,7 +79,7 @@ func (c *Catalog) Save(name string, envelope []byte) error {
 // Get returns the release named by ref: a release name or a manifest CID.
 func (c *Catalog) Get(ref string) (*Release, error) {
 	if id, err := cid.Decode(ref); err == nil {
-		all, err := c.List()
+		all, _, err := c.List()
 		if err != nil {
 			return nil, err
 		}
@@ -129,13 +129,22 @@ func (c *Catalog) load(name string) (*Release, error) {
 	return r, nil
 }
 
-// List returns every release in the catalog, sorted by name.
-func (c *Catalog) List() ([]*Release, error) {
+// Unreadable is a catalog entry that does not read as a release: a file
+// damaged on disk, or left by hand. Remove takes it away by its name.
+type Unreadable struct {
+	Name string // the entry's name, the file's without .json
+	Err  error
+}
+
+// List returns every release in the catalog, sorted by name, and the entries
+// that do not read as releases: one damaged file keeps no one from the rest.
+func (c *Catalog) List() ([]*Release, []Unreadable, error) {
 	entries, err := os.ReadDir(c.dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []*Release
+	var bad []Unreadable
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), ".json")
 		if !ok || !e.Type().IsRegular() {
@@ -143,12 +152,23 @@ func (c *Catalog) List() ([]*Release, error) {
 		}
 		r, err := c.Get(name)
 		if err != nil {
-			return nil, fmt.Errorf("catalog entry %s: %w", e.Name(), err)
+			bad = append(bad, Unreadable{Name: name, Err: err})
+			continue
 		}
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return out, bad, nil
+}
+
+// Has reports whether the catalog holds an entry of that name, readable or
+// not.
+func (c *Catalog) Has(name string) bool {
+	if _, err := manifest.ParsePackName(name); err != nil {
+		return false
+	}
+	_, err := os.Stat(c.path(name))
+	return err == nil
 }
 
 // decodeRelease reads an envelope's manifest without checking signatures:

@@ -104,9 +104,12 @@ func newProxy(ctx context.Context, c *core, cfg ProxyConfig) (*proxy, error) {
 	// evicted since comes back through the cache) and not replicated
 	// again, which would pin them anew although the site may be done with
 	// them. The first poll unwants what is no longer deployed here.
-	rels, err := c.peer.Catalog.List()
+	rels, bad, err := c.peer.Catalog.List()
 	if err != nil {
 		return nil, err
+	}
+	for _, u := range bad {
+		c.log.Warn("agent: a release of the catalog is unreadable; it is not served (patchctl rm removes it)", "release", u.Name, "err", u.Err)
 	}
 	for _, r := range rels {
 		rp := &replica{cid: r.CID.String(), state: fleet.StateHave, chunks: r.Manifest.ChunkIDs()}

@@ -238,6 +238,14 @@ func (g globals) openStore() (*store.Disk, *agent.Catalog, error) {
 	return s, cat, nil
 }
 
+// warnUnreadable says which catalog entries do not read as releases, and
+// how to remove them.
+func warnUnreadable(g globals, bad []agent.Unreadable) {
+	for _, u := range bad {
+		fmt.Fprintf(g.stderr, "patchctl: releases/%s.json is unreadable and skipped (%v); patchctl rm %s removes it\n", u.Name, u.Err, u.Name)
+	}
+}
+
 // exactArgs checks the number of positional arguments.
 func exactArgs(c *cli.Context, n int, names string) error {
 	if c.NArg() != n {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"io"
@@ -422,5 +423,43 @@ func TestTheProductionBinaryLinksNoTestnet(t *testing.T) {
 	}
 	if !strings.Contains(string(demo), "github.com/patchctl/patchctl/testnet\n") {
 		t.Error("the demo build does not link the testnet it runs")
+	}
+}
+
+func TestAnUnreadableCatalogEntryStopsNothingAndCanBeRemoved(t *testing.T) {
+	e := newEnv(t)
+	e.publish("--name", "SP-S041000005", "pack")
+	e.publish("--name", "SP-S041000006", "pack")
+	bad := filepath.Join(e.data, "releases", "SP-S041000005.json")
+	if err := os.WriteFile(bad, []byte("{damaged"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := e.patchctl("ls")
+	if r.code != 0 || !strings.Contains(r.stdout, "SP-S041000006") || !strings.Contains(r.stderr, "patchctl rm SP-S041000005 removes it") {
+		t.Errorf("ls with a damaged entry: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	// serve serves the rest.
+	serve := exec.Command(patchctlBin, "--data-dir", e.data, "serve", "--listen", "/ip4/127.0.0.1/tcp/0")
+	stdout, err := serve.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	serve.Stderr = &stderr
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	serve.Process.Kill()
+	serve.Wait()
+	if err != nil || !strings.Contains(line, "/p2p/") || !strings.Contains(stderr.String(), "SP-S041000005.json is unreadable") {
+		t.Errorf("serve with a damaged entry: %q (%v), stderr %s", line, err, stderr.String())
+	}
+	if out := e.ok("rm", "SP-S041000005"); !strings.Contains(out, "unreadable") {
+		t.Errorf("rm of the damaged entry printed %q", out)
+	}
+	r = e.patchctl("ls")
+	if r.code != 0 || r.stderr != "" || strings.Contains(r.stdout, "SP-S041000005") {
+		t.Errorf("ls after rm: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -27,10 +27,11 @@ func runLs(c *cli.Context, g globals) error {
 	if err != nil {
 		return err
 	}
-	releases, err := cat.List()
+	releases, bad, err := cat.List()
 	if err != nil {
 		return err
 	}
+	warnUnreadable(g, bad)
 	type row struct {
 		Name          string    `json:"name"`
 		CID           string    `json:"cid"`

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/patchctl/patchctl/agent"
 )
 
 func rmCommand() *cli.Command {
@@ -20,7 +23,22 @@ func rmCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			r, err := cat.Get(c.Args().First())
+			ref := c.Args().First()
+			r, err := cat.Get(ref)
+			if err != nil && !errors.Is(err, agent.ErrReleaseNotFound) && cat.Has(ref) {
+				// An entry that does not read is removed by its name.
+				if err := s.Unpin(c.Context, ref); err != nil {
+					return err
+				}
+				if err := cat.Remove(ref); err != nil {
+					return err
+				}
+				if g.json {
+					return g.printJSON(map[string]string{"removed": ref})
+				}
+				fmt.Fprintf(g.stdout, "removed %s, whose envelope was unreadable (%v); run patchctl gc to free its chunks\n", ref, err)
+				return nil
+			}
 			if err != nil {
 				return err
 			}

@@ -69,10 +69,11 @@ func serveCommand() *cli.Command {
 			}
 			defer n.Close()
 			n.Serve(agent.Serving{})
-			releases, err := n.Catalog.List()
+			releases, bad, err := n.Catalog.List()
 			if err != nil {
 				return err
 			}
+			warnUnreadable(g, bad)
 			// Addresses on stdout, one a line, so a script or another
 			// terminal can take them as --peer values; the rest on stderr.
 			for _, a := range n.Addrs() {
