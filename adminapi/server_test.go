@@ -96,7 +96,7 @@ func publish(t *testing.T, key ed25519.PrivateKey, name string) (*agent.PublishR
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := agent.Publish(t.Context(), s, cat, key, sources, agent.PublishOptions{Name: name})
+	res, err := agent.Publish(t.Context(), s, cat, []ed25519.PrivateKey{key}, sources, agent.PublishOptions{Name: name})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"os"
 	"path/filepath"
 	"testing"
@@ -52,7 +53,7 @@ func TestPublishArchivePairStoresChangedMembers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			res, err := Publish(context.Background(), f.store, f.cat, f.key, sources, PublishOptions{Name: "SP-S041000006", Ingest: IngestOptions{Explain: true}})
+			res, err := Publish(context.Background(), f.store, f.cat, []ed25519.PrivateKey{f.key}, sources, PublishOptions{Name: "SP-S041000006", Ingest: IngestOptions{Explain: true}})
 			if err != nil {
 				t.Fatal(err)
 			}

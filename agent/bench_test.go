@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -184,7 +185,7 @@ func publishOnce(b *testing.B, path, parent string) (*PublishResult, time.Durati
 	// from setup would otherwise land on this publish's first flush.
 	syscall.Sync()
 	start := time.Now()
-	res, err := Publish(context.Background(), s, cat, key, sources, PublishOptions{Name: "SP-S041000005"})
+	res, err := Publish(context.Background(), s, cat, []ed25519.PrivateKey{key}, sources, PublishOptions{Name: "SP-S041000005"})
 	if err != nil {
 		b.Fatal(err)
 	}

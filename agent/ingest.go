@@ -15,6 +15,8 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/ipfs/go-cid"
 	"golang.org/x/sync/errgroup"
@@ -37,14 +39,45 @@ type Source struct {
 	Path  string      // path in the release, slash-separated
 	Mode  fs.FileMode // permission bits
 	Size  int64       // size when collected, for progress
+	// Cleared are permission bits the file had that the release does not
+	// carry: write for everyone, which an installed file must not keep.
+	Cleared fs.FileMode
+	// seen is the file as it was collected, to tell a file that changes
+	// while it is published.
+	seen fileState
 }
+
+// fileState is what tells whether a file changed: its size, modification
+// and status change times.
+type fileState struct {
+	size         int64
+	mtime, ctime time.Time
+}
+
+func stateOf(fi fs.FileInfo) fileState {
+	st := fileState{size: fi.Size(), mtime: fi.ModTime()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ctime = time.Unix(sys.Ctim.Sec, sys.Ctim.Nsec)
+	}
+	return st
+}
+
+// ErrFileChanged means a file changed while it was being published: what
+// was read may be a state that never existed on disk.
+var ErrFileChanged = errors.New("file changed while publishing; publish again once it is written")
 
 // CollectSources turns command-line paths into sources: a file is recorded
 // under its base name, a directory's regular files under their paths inside
-// it. Symbolic links and special files are refused rather than followed, so a
-// release never carries files from outside what was named.
+// it. A release carries regular files only: a symbolic link, which could
+// point outside the install directory, a special file and an empty
+// directory are refused with what to do instead. Write permission for
+// everyone is cleared (see Source.Cleared).
 func CollectSources(paths []string) ([]Source, error) {
 	var out []Source
+	source := func(local, path string, fi fs.FileInfo) Source {
+		mode := fi.Mode().Perm()
+		return Source{Local: local, Path: path, Mode: mode &^ 0o002, Size: fi.Size(), Cleared: mode & 0o002, seen: stateOf(fi)}
+	}
 	for _, p := range paths {
 		fi, err := os.Lstat(p)
 		if err != nil {
@@ -52,34 +85,40 @@ func CollectSources(paths []string) ([]Source, error) {
 		}
 		switch {
 		case fi.Mode().IsRegular():
-			out = append(out, Source{Local: p, Path: filepath.Base(p), Mode: fi.Mode().Perm(), Size: fi.Size()})
+			out = append(out, source(p, filepath.Base(p), fi))
 		case fi.IsDir():
 			err := filepath.WalkDir(p, func(local string, d fs.DirEntry, err error) error {
 				if err != nil {
 					return err
 				}
-				if d.IsDir() {
-					return nil
-				}
 				info, err := d.Info()
 				if err != nil {
 					return err
 				}
-				if !info.Mode().IsRegular() {
-					return fmt.Errorf("%s: only regular files can be published, not %s", local, info.Mode().Type())
+				if d.IsDir() {
+					entries, err := os.ReadDir(local)
+					if err == nil && len(entries) == 0 {
+						return fmt.Errorf("%s is an empty directory: a release carries files only; put a file in it (such as .keep) or remove it: %w", local, manifest.ErrInvalid)
+					}
+					return err
+				}
+				if err := unpublishable(local, info); err != nil {
+					return err
 				}
 				rel, err := filepath.Rel(p, local)
 				if err != nil {
 					return err
 				}
-				out = append(out, Source{Local: local, Path: filepath.ToSlash(rel), Mode: info.Mode().Perm(), Size: info.Size()})
+				out = append(out, source(local, filepath.ToSlash(rel), info))
 				return nil
 			})
 			if err != nil {
 				return nil, err
 			}
 		default:
-			return nil, fmt.Errorf("%s: only regular files and directories can be published, not %s", p, fi.Mode().Type())
+			if err := unpublishable(p, fi); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if len(out) == 0 {
@@ -92,6 +131,17 @@ func CollectSources(paths []string) ([]Source, error) {
 		}
 	}
 	return out, nil
+}
+
+// unpublishable says why a file that is not regular cannot be published.
+func unpublishable(local string, fi fs.FileInfo) error {
+	switch {
+	case fi.Mode().IsRegular():
+		return nil
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("%s is a symbolic link: a release carries regular files only, and a link could point outside the install directory; copy its target in or remove it: %w", local, manifest.ErrInvalid)
+	}
+	return fmt.Errorf("%s is a %s: only regular files and directories can be published: %w", local, fi.Mode().Type(), manifest.ErrInvalid)
 }
 
 // IngestStats counts what ingesting stored.
@@ -270,9 +320,16 @@ func Ingest(ctx context.Context, s ChunkAdder, sources []Source, opts IngestOpti
 					opts.Progress(read)
 				}
 			}
+			// Files are read once, and must not have changed meanwhile:
+			// the manifest would sign a state that never was on disk.
+			after, err := f.Stat()
 			f.Close()
-			// Files are read once; a file that changed size while being
-			// read is published as read and its digest covers that.
+			if err != nil {
+				return err
+			}
+			if now := stateOf(after); !src.seen.mtime.IsZero() && (now != src.seen || files[fi].Size != now.size) {
+				return fmt.Errorf("%s: %w", src.Local, ErrFileChanged)
+			}
 			hashJobs <- &ingestJob{file: fi, index: -1}
 		}
 		return nil

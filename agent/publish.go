@@ -49,10 +49,15 @@ type PublishResult struct {
 	Envelope []byte
 }
 
-// Publish ingests sources into s, signs a manifest of them with key, pins the
-// release's chunks and saves the envelope in the catalog. A re-published name
-// must carry a higher sequence than the release of that name already held.
-func Publish(ctx context.Context, s PublishStore, cat *Catalog, key ed25519.PrivateKey, sources []Source, opts PublishOptions) (*PublishResult, error) {
+// Publish ingests sources into s, signs a manifest of them with every key of
+// signers, pins the release's chunks and saves the envelope in the catalog.
+// A re-published name must carry a higher sequence than the release of that
+// name already held. Keys held elsewhere sign the envelope afterwards
+// (manifest.AddSignatures).
+func Publish(ctx context.Context, s PublishStore, cat *Catalog, signers []ed25519.PrivateKey, sources []Source, opts PublishOptions) (*PublishResult, error) {
+	if len(signers) == 0 {
+		return nil, errors.New("publish: a signing key is required")
+	}
 	now := time.Now
 	if opts.Now != nil {
 		now = opts.Now
@@ -124,7 +129,7 @@ func Publish(ctx context.Context, s PublishStore, cat *Catalog, key ed25519.Priv
 			return nil, fmt.Errorf("publish %s: %w (pass a sequence above %d)", opts.Name, err, held.Manifest.Sequence)
 		}
 	}
-	envelope, id, err := manifest.SignManifest(m, key)
+	envelope, id, err := manifest.SignManifest(m, signers...)
 	if err != nil {
 		return nil, err
 	}

@@ -74,7 +74,7 @@ func (f *fixture) publish(t testing.TB, name string, paths ...string) *PublishRe
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := Publish(context.Background(), f.store, f.cat, f.key, sources, PublishOptions{Name: name})
+	res, err := Publish(context.Background(), f.store, f.cat, []ed25519.PrivateKey{f.key}, sources, PublishOptions{Name: name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestRepublishNeedsHigherSequence(t *testing.T) {
 	}
 	sources, _ := CollectSources([]string{path})
 	opts := PublishOptions{Name: "HF-S041000005-012", Sequence: 2, Labels: map[string]string{"fix": "again"}}
-	_, err := Publish(context.Background(), f.store, f.cat, f.key, sources, opts)
+	_, err := Publish(context.Background(), f.store, f.cat, []ed25519.PrivateKey{f.key}, sources, opts)
 	if !errors.Is(err, manifest.ErrRollback) {
 		t.Fatalf("publishing another sequence 2: %v, want ErrRollback", err)
 	}

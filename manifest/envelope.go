@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 )
@@ -255,9 +256,67 @@ func verifySignatures(e *Envelope, r *Root) error {
 			strings.Join(e.KeyIDs(), ", "), r.Version, strings.Join(r.KeyIDs(), ", "), ErrUnknownKey)
 	}
 	if len(valid) < r.Threshold {
-		return fmt.Errorf("%d trusted key(s) signed, trust root version %d requires %d: %w", len(valid), r.Version, r.Threshold, ErrThreshold)
+		var more []string
+		for _, id := range r.KeyIDs() {
+			if !valid[id] {
+				more = append(more, id)
+			}
+		}
+		return fmt.Errorf("signed by %s: %d of the %d trusted signatures trust root version %d requires; %s may add theirs (patchctl sign): %w",
+			strings.Join(sortedKeys(valid), ", "), len(valid), r.Threshold, r.Version, strings.Join(more, " or "), ErrThreshold)
 	}
 	return nil
+}
+
+// Signers is who signed an envelope, as a trust root sees it.
+type Signers struct {
+	Trusted   []string `json:"trusted"`   // keys of the root whose signatures verify
+	Untrusted []string `json:"untrusted"` // keys the root does not hold
+	Unsigned  []string `json:"unsigned"`  // keys of the root that have not signed
+	Threshold int      `json:"threshold"` // trusted signatures the root requires
+}
+
+// Enough reports whether the trusted signatures reach the threshold.
+func (s Signers) Enough() bool { return len(s.Trusted) >= s.Threshold }
+
+// Signers says which keys signed envelope and what r's threshold needs. A
+// signature by a key of r that does not verify is ErrTampered.
+func (r *Root) Signers(envelope []byte) (Signers, error) {
+	e, err := ParseEnvelope(envelope)
+	if err != nil {
+		return Signers{}, err
+	}
+	msg := signedMessage(e.Type, e.Payload)
+	trusted := r.keyMap()
+	out := Signers{Threshold: r.Threshold, Trusted: []string{}, Untrusted: []string{}, Unsigned: []string{}}
+	signed := map[string]bool{}
+	for _, s := range e.Signatures {
+		pub, ok := trusted[s.KeyID]
+		switch {
+		case !ok:
+			out.Untrusted = append(out.Untrusted, s.KeyID)
+		case !ed25519.Verify(pub, msg, s.Sig):
+			return Signers{}, fmt.Errorf("signature by trusted key %s does not verify: %w", s.KeyID, ErrTampered)
+		case !signed[s.KeyID]:
+			signed[s.KeyID] = true
+			out.Trusted = append(out.Trusted, s.KeyID)
+		}
+	}
+	for _, id := range r.KeyIDs() {
+		if !signed[id] {
+			out.Unsigned = append(out.Unsigned, id)
+		}
+	}
+	return out, nil
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // checkFields compares e's readable fields with those its payload implies.

@@ -233,6 +233,52 @@ func TestAddSignatures(t *testing.T) {
 	}
 }
 
+func TestSignersSayWhoSignedAndWhatTheThresholdNeeds(t *testing.T) {
+	k1, k2, k3, outsider := testKey(1), testKey(2), testKey(3), testKey(4)
+	root := testRoot(t, 2, k1, k2, k3)
+	id := func(k ed25519.PrivateKey) string { return KeyID(publicKey(k)) }
+	one := signManifest(t, fixtureManifest(), k1, outsider)
+	tests := []struct {
+		name                         string
+		env                          []byte
+		trusted, untrusted, unsigned []string
+		enough                       bool
+	}{
+		{"one of two", one, []string{id(k1)}, []string{id(outsider)}, []string{id(k2), id(k3)}, false},
+		{"two of two", signManifest(t, fixtureManifest(), k3, k2), []string{id(k3), id(k2)}, []string{}, []string{id(k1)}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := root.Signers(tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(tt.unsigned)
+			got := []([]string){s.Trusted, s.Untrusted, s.Unsigned}
+			want := []([]string){tt.trusted, tt.untrusted, tt.unsigned}
+			for i := range got {
+				slices.Sort(got[i])
+				slices.Sort(want[i])
+				if !slices.Equal(got[i], want[i]) {
+					t.Errorf("signers %+v, want trusted %v untrusted %v unsigned %v", s, tt.trusted, tt.untrusted, tt.unsigned)
+				}
+			}
+			if s.Enough() != tt.enough || s.Threshold != 2 {
+				t.Errorf("enough %v of threshold %d, want %v of 2", s.Enough(), s.Threshold, tt.enough)
+			}
+		})
+	}
+	// The refusal names who signed and who may add theirs.
+	_, _, err := root.VerifyManifest(one, fixtureNow())
+	if !errors.Is(err, ErrThreshold) || !strings.Contains(err.Error(), "signed by "+id(k1)) || !strings.Contains(err.Error(), id(k2)) {
+		t.Errorf("VerifyManifest of one signature: %v", err)
+	}
+	tampered := editEnvelope(t, one, func(e *Envelope) { e.Signatures[0].Sig[0] ^= 1 })
+	if _, err := root.Signers(tampered); !errors.Is(err, ErrTampered) {
+		t.Errorf("Signers of a broken signature: %v, want ErrTampered", err)
+	}
+}
+
 func TestVerifyManifestExpiry(t *testing.T) {
 	key := testKey(1)
 	m := fixtureManifest()

@@ -79,7 +79,7 @@ type Release struct {
 // install hook.
 func (n *Network) Publish(ctx context.Context, name string, sources []agent.Source, hook []string) (*Release, error) {
 	origin := n.Origin.Agent.Peer()
-	res, err := agent.Publish(ctx, origin.Store, origin.Catalog, n.Key, sources, agent.PublishOptions{
+	res, err := agent.Publish(ctx, origin.Store, origin.Catalog, []ed25519.PrivateKey{n.Key}, sources, agent.PublishOptions{
 		Name: name, Install: manifest.Install{Hook: hook},
 	})
 	if err != nil {

@@ -147,17 +147,60 @@ func originIndex(ctx context.Context, ac *adminapi.Client, root *manifest.Root) 
 // already says what it would make it say.
 type indexEdit func(held *manifest.Index, next *manifest.Index) (changed bool, err error)
 
+// indexSigning is how the next index version is signed and where it goes.
+type indexSigning struct {
+	root     *manifest.Root // the held index is checked against it
+	keys     []ed25519.PrivateKey
+	lifetime time.Duration
+	// out, if set, is a file the signed index is written to instead of
+	// handing it to the origin, for more key holders to sign (patchctl
+	// sign) before patchctl index push.
+	out string
+}
+
+// indexSigningFlags are the flags of a command that signs the origin's next
+// index.
+func indexSigningFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringSliceFlag{Name: "key", Usage: "signing key `FILE` (NAME.key; repeatable, up to the trust root's threshold)", Required: true},
+		&cli.StringFlag{Name: "trust", Usage: "trust root `FILE` the origin's current index is checked against (default: the signing keys alone)"},
+		&cli.DurationFlag{Name: "lifetime", Value: 30 * 24 * time.Hour, Usage: "how long the signed index stays valid"},
+		&cli.StringFlag{Name: "out", Usage: "write the signed index to `FILE` for more key holders to sign (patchctl sign), instead of handing it to the origin (then patchctl index push)"},
+	}
+}
+
+// readIndexSigning reads indexSigningFlags.
+func readIndexSigning(c *cli.Context) (indexSigning, error) {
+	if err := positive(c, "lifetime"); err != nil {
+		return indexSigning{}, err
+	}
+	keys, _, err := readKeys(c.StringSlice("key"), nil)
+	if err != nil {
+		return indexSigning{}, err
+	}
+	root, err := signingRoot(c, keys)
+	if err != nil {
+		return indexSigning{}, err
+	}
+	is := indexSigning{root: root, keys: keys, lifetime: c.Duration("lifetime"), out: c.String("out")}
+	if is.out == "" && len(keys) < root.Threshold {
+		return is, errNotEnoughKeys(len(keys), root.Threshold)
+	}
+	return is, nil
+}
+
 // maxIndexAttempts bounds how often an edit is signed again on a fresh
 // index when others changed the origin's meanwhile.
 const maxIndexAttempts = 5
 
 // editOriginIndex signs the origin's next index version, changed by edit,
-// with keys and hands it to the origin. If another edit got there first
-// (adminapi.ErrConflict), it does it again on the fresh index, so both
-// changes end up in it. It returns the index the origin holds afterwards.
-func editOriginIndex(ctx context.Context, ac *adminapi.Client, root *manifest.Root, keys []ed25519.PrivateKey, lifetime time.Duration, edit indexEdit) (*manifest.Index, bool, error) {
+// and hands it to the origin, or writes it to is.out. If another edit got
+// there first (adminapi.ErrConflict), it does it again on the fresh index,
+// so both changes end up in it. It returns the index the origin holds (or
+// the one written) afterwards, and whether edit changed anything.
+func editOriginIndex(ctx context.Context, ac *adminapi.Client, is indexSigning, edit indexEdit) (*manifest.Index, bool, error) {
 	for attempt := 1; ; attempt++ {
-		held, err := originIndex(ctx, ac, root)
+		held, err := originIndex(ctx, ac, is.root)
 		if err != nil {
 			return nil, false, err
 		}
@@ -169,14 +212,17 @@ func editOriginIndex(ctx context.Context, ac *adminapi.Client, root *manifest.Ro
 			next.Deployments = append([]manifest.Deployment(nil), held.Deployments...)
 			next.Proxies = append([]manifest.ProxyEnrolment(nil), held.Proxies...)
 		}
-		next.Created, next.Expires = now, now.Add(lifetime)
+		next.Created, next.Expires = now, now.Add(is.lifetime)
 		changed, err := edit(held, next)
 		if err != nil || !changed {
 			return held, false, err
 		}
-		env, err := manifest.SignIndex(next, keys...)
+		env, err := manifest.SignIndex(next, is.keys...)
 		if err != nil {
 			return nil, false, err
+		}
+		if is.out != "" {
+			return next, true, replaceFile(is.out, env)
 		}
 		_, err = ac.PostIndex(ctx, env)
 		if errors.Is(err, adminapi.ErrConflict) && attempt < maxIndexAttempts {

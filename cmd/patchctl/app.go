@@ -79,6 +79,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			keyCommand(),
 			trustCommand(),
 			publishCommand(),
+			signCommand(),
+			pushCommand(),
 			verifyCommand(),
 			extractCommand(),
 			lsCommand(),
@@ -246,10 +248,19 @@ func warnUnreadable(g globals, bad []agent.Unreadable) {
 	}
 }
 
+// positive checks that a duration flag is above zero: a lifetime of zero
+// would sign something already expired.
+func positive(c *cli.Context, flag string) error {
+	if c.Duration(flag) <= 0 {
+		return usageError("--%s must be positive, not %s", flag, c.Duration(flag))
+	}
+	return nil
+}
+
 // exactArgs checks the number of positional arguments.
 func exactArgs(c *cli.Context, n int, names string) error {
 	if c.NArg() != n {
-		return usageError("%s: want %s, got %d arguments (flags go before arguments)", c.Command.FullName(), names, c.NArg())
+		return usageError("%s: want %s, got %d arguments", c.Command.FullName(), names, c.NArg())
 	}
 	return nil
 }

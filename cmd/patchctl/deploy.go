@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -18,17 +17,14 @@ func deployCommand() *cli.Command {
 		Name:      "deploy",
 		Usage:     "deploy a release to the nodes a selector matches: sign the origin's next index with the deployment added",
 		ArgsUsage: "RELEASE",
-		Flags: append([]cli.Flag{
-			&cli.StringSliceFlag{Name: "key", Usage: "signing key `FILE` (NAME.key; repeatable, up to the trust root's threshold)", Required: true},
+		Flags: slices.Concat(indexSigningFlags(), []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "`SELECTOR`: key=value terms joined by commas, all of which must match (site=, target=client|server, node=, or a label); empty is every node"},
 			&cli.StringFlag{Name: "mode", Value: manifest.ModeAssigned, Usage: "assigned (download and install) or available (download; install on request)"},
 			&cli.StringFlag{Name: "window", Usage: "install only between `HH:MM-HH:MM`, the node's local time (assigned only)"},
-			&cli.StringFlag{Name: "trust", Usage: "trust root `FILE` the origin's current index is checked against (default: the signing keys alone)"},
-			&cli.DurationFlag{Name: "lifetime", Value: 30 * 24 * time.Hour, Usage: "how long the signed index stays valid"},
 			&cli.BoolFlag{Name: "unseen-labels", Usage: "allow --to labels no node reports yet (for nodes that will carry them)"},
-		}, adminFlags("origin", "the origin's")...),
+		}, adminFlags("origin", "the origin's")),
 		Action: func(c *cli.Context) error {
-			if err := exactArgs(c, 1, "RELEASE (flags go before it)"); err != nil {
+			if err := exactArgs(c, 1, "RELEASE"); err != nil {
 				return err
 			}
 			return runDeploy(c, globalsOf(c), c.Args().First())
@@ -41,15 +37,11 @@ func runDeploy(c *cli.Context, g globals, name string) error {
 	if err != nil {
 		return err
 	}
-	keys, _, err := readKeys(c.StringSlice("key"), nil)
+	is, err := readIndexSigning(c)
 	if err != nil {
 		return err
 	}
 	ac, err := adminClient(c, g, "origin")
-	if err != nil {
-		return err
-	}
-	root, err := signingRoot(c, keys)
 	if err != nil {
 		return err
 	}
@@ -58,7 +50,7 @@ func runDeploy(c *cli.Context, g globals, name string) error {
 			return err
 		}
 	}
-	ix, added, err := editOriginIndex(c.Context, ac, root, keys, c.Duration("lifetime"), func(held, next *manifest.Index) (bool, error) {
+	ix, added, err := editOriginIndex(c.Context, ac, is, func(held, next *manifest.Index) (bool, error) {
 		if held == nil {
 			return false, fmt.Errorf("the origin has no index yet; publish %s there first (publish --origin): %w", name, agent.ErrReleaseNotFound)
 		}

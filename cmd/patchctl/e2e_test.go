@@ -387,6 +387,9 @@ func TestTrustRotation(t *testing.T) {
 	}
 	oldKey.KeyID = root.Keys[0]
 	e.ok("key", "generate", "--out", "next")
+	// A key ID that is not in the root is a mistake, not a no-op that
+	// leaves the key meant to go trusted.
+	e.fails(2, "no key of root version 1 has that ID", "trust", "rotate", "--trust", "trust.json", "--key", "next.key", "--sign", "release.key", "--remove", oldKey.KeyID[:8]+"typo", "--out", "typo.json")
 	// Only the new key signs: the old root's threshold is not met.
 	e.fails(1, "", "trust", "rotate", "--trust", "trust.json", "--key", "next.key", "--remove", oldKey.KeyID, "--out", "bad.json")
 	e.ok("trust", "rotate", "--trust", "trust.json", "--key", "next.key", "--sign", "release.key", "--remove", oldKey.KeyID, "--out", "trust2.json")

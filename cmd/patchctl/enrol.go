@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"slices"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/urfave/cli/v2"
@@ -17,15 +16,12 @@ func enrolCommand() *cli.Command {
 		Usage: "enrol a proxy in the origin's signed index: the sites whose status it reports (its own, and those of proxies below it); " +
 			"status from anyone else is refused",
 		ArgsUsage: "PROXY-PEER-ID",
-		Flags: append([]cli.Flag{
-			&cli.StringSliceFlag{Name: "key", Usage: "signing key `FILE` (NAME.key; repeatable, up to the trust root's threshold)", Required: true},
+		Flags: slices.Concat(indexSigningFlags(), []cli.Flag{
 			&cli.StringSliceFlag{Name: "site", Usage: "a `SITE` the proxy reports (repeatable; replaces the sites it was enrolled for)"},
 			&cli.BoolFlag{Name: "remove", Usage: "remove the proxy's enrolment instead"},
-			&cli.StringFlag{Name: "trust", Usage: "trust root `FILE` the origin's current index is checked against (default: the signing keys alone)"},
-			&cli.DurationFlag{Name: "lifetime", Value: 30 * 24 * time.Hour, Usage: "how long the signed index stays valid"},
-		}, adminFlags("origin", "the origin's")...),
+		}, adminFlags("origin", "the origin's")),
 		Action: func(c *cli.Context) error {
-			if err := exactArgs(c, 1, "PROXY-PEER-ID (flags go before it; the proxy prints it with patchctl id)"); err != nil {
+			if err := exactArgs(c, 1, "PROXY-PEER-ID (the proxy prints it with patchctl id)"); err != nil {
 				return err
 			}
 			return runEnrol(c, globalsOf(c), c.Args().First())
@@ -50,7 +46,7 @@ func runEnrol(c *cli.Context, g globals, id string) error {
 	}
 	slices.Sort(sites)
 	sites = slices.Compact(sites)
-	keys, _, err := readKeys(c.StringSlice("key"), nil)
+	is, err := readIndexSigning(c)
 	if err != nil {
 		return err
 	}
@@ -58,12 +54,8 @@ func runEnrol(c *cli.Context, g globals, id string) error {
 	if err != nil {
 		return err
 	}
-	root, err := signingRoot(c, keys)
-	if err != nil {
-		return err
-	}
 	want := manifest.ProxyEnrolment{Peer: p.String(), Sites: sites}
-	ix, changed, err := editOriginIndex(c.Context, ac, root, keys, c.Duration("lifetime"), func(held, next *manifest.Index) (bool, error) {
+	ix, changed, err := editOriginIndex(c.Context, ac, is, func(held, next *manifest.Index) (bool, error) {
 		i := slices.IndexFunc(next.Proxies, func(e manifest.ProxyEnrolment) bool { return e.Peer == want.Peer })
 		switch {
 		case remove && i < 0:

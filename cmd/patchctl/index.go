@@ -40,6 +40,18 @@ func indexCommand() *cli.Command {
 				},
 			},
 			{
+				Name:      "push",
+				Usage:     "hand the origin a signed index made with --out and signed by more key holders (patchctl sign)",
+				ArgsUsage: "INDEX-FILE",
+				Flags:     adminFlags("origin", "the origin's"),
+				Action: func(c *cli.Context) error {
+					if err := exactArgs(c, 1, "INDEX-FILE"); err != nil {
+						return err
+					}
+					return runIndexPush(c, globalsOf(c), c.Args().First())
+				},
+			},
+			{
 				Name:      "show",
 				Usage:     "print the index held here",
 				ArgsUsage: " ",
@@ -95,7 +107,30 @@ func parseIndexEnvelope(env []byte) (*manifest.Index, error) {
 	return manifest.ParseIndex(e.Payload)
 }
 
+func runIndexPush(c *cli.Context, g globals, file string) error {
+	env, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	ac, err := adminClient(c, g, "origin")
+	if err != nil {
+		return err
+	}
+	v, err := ac.PostIndex(c.Context, env)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return g.printJSON(map[string]any{"version": v})
+	}
+	fmt.Fprintf(g.stdout, "the origin follows index version %d\n", v)
+	return nil
+}
+
 func runIndexAdd(c *cli.Context, g globals) error {
+	if err := positive(c, "lifetime"); err != nil {
+		return err
+	}
 	signers, _, err := readKeys(c.StringSlice("key"), nil)
 	if err != nil {
 		return err

@@ -15,7 +15,7 @@ func installCommand() *cli.Command {
 		ArgsUsage: "RELEASE",
 		Flags:     adminFlags("admin", "the node's"),
 		Action: func(c *cli.Context) error {
-			if err := exactArgs(c, 1, "RELEASE (flags go before it)"); err != nil {
+			if err := exactArgs(c, 1, "RELEASE"); err != nil {
 				return err
 			}
 			return runInstall(c, globalsOf(c), c.Args().First())

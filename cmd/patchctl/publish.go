@@ -23,7 +23,7 @@ func publishCommand() *cli.Command {
 		Usage:     "chunk, compress and store files or a directory, and sign a manifest of them",
 		ArgsUsage: "PATH...",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "key", Usage: "signing key `FILE` (NAME.key)", Required: true},
+			&cli.StringSliceFlag{Name: "key", Usage: "signing key `FILE` (NAME.key; repeatable, up to the trust root's threshold; others can add theirs with patchctl sign)", Required: true},
 			&cli.StringFlag{Name: "name", Usage: "release name (HF-…, SP-… or any package name); default: the base name of the single PATH without its extension"},
 			&cli.StringFlag{Name: "channel", Value: "stable", Usage: "release channel"},
 			&cli.Uint64Flag{Name: "sequence", Usage: "manifest sequence", DefaultText: "one more than the release of that name held here, or 1"},
@@ -34,6 +34,7 @@ func publishCommand() *cli.Command {
 			&cli.StringFlag{Name: "trust", Usage: "with --origin: trust root `FILE` the origin's current index is checked against (default: the signing key alone)"},
 			&cli.StringFlag{Name: "admin-token", Usage: "with --origin: send the admin token read from `FILE`"},
 			&cli.StringFlag{Name: "admin-ca", Usage: "with --origin: trust the CA certificates in PEM `FILE` for an https URL"},
+			&cli.StringFlag{Name: "index-out", Usage: "with --origin: write the origin's next index to `FILE` for more key holders to sign (patchctl sign), instead of handing it over (then patchctl index push)"},
 			&cli.BoolFlag{Name: "restart-required", Usage: "installing needs a restart"},
 			&cli.StringSliceFlag{Name: "label", Usage: "free-form `KEY=VALUE` label (repeatable)"},
 			&cli.StringSliceFlag{Name: "supersedes", Usage: "release this one replaces (repeatable)"},
@@ -44,7 +45,10 @@ func publishCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				return usageError("publish: want PATH... (flags go before arguments)")
+				return usageError("publish: want PATH...")
+			}
+			if err := positive(c, "lifetime"); err != nil {
+				return err
 			}
 			opts := agent.PublishOptions{
 				Name:       c.String("name"),
@@ -80,7 +84,7 @@ func publishCommand() *cli.Command {
 				}
 				opts.Labels[k] = v
 			}
-			return runPublish(c, globalsOf(c), c.String("key"), c.Args().Slice(), c.String("out"), opts)
+			return runPublish(c, globalsOf(c), c.StringSlice("key"), c.Args().Slice(), c.String("out"), opts)
 		},
 	}
 }
@@ -98,10 +102,20 @@ func defaultReleaseName(paths []string) (string, error) {
 	return base, nil
 }
 
-func runPublish(c *cli.Context, g globals, keyFile string, paths []string, out string, opts agent.PublishOptions) error {
-	key, err := readPrivateKey(keyFile)
+func runPublish(c *cli.Context, g globals, keyFiles []string, paths []string, out string, opts agent.PublishOptions) error {
+	keys, _, err := readKeys(keyFiles, nil)
 	if err != nil {
 		return err
+	}
+	if c.String("origin") != "" && c.String("trust") != "" {
+		root, err := loadTrust(c.String("trust"))
+		if err != nil {
+			return err
+		}
+		if len(keys) < root.Threshold {
+			return usageError("the trust root requires %d signatures and %d keys were given: publish without --origin (--out FILE writes the envelope), have more key holders sign it (patchctl sign --key KEY FILE), then patchctl push FILE",
+				root.Threshold, len(keys))
+		}
 	}
 	if opts.Name == "" {
 		if opts.Name, err = defaultReleaseName(paths); err != nil {
@@ -111,6 +125,11 @@ func runPublish(c *cli.Context, g globals, keyFile string, paths []string, out s
 	sources, err := agent.CollectSources(paths)
 	if err != nil {
 		return err
+	}
+	for _, s := range sources {
+		if s.Cleared != 0 {
+			fmt.Fprintf(g.stderr, "patchctl: %s is writable by everyone; published as mode %o\n", s.Local, s.Mode)
+		}
 	}
 	var total int64
 	for _, s := range sources {
@@ -123,7 +142,7 @@ func runPublish(c *cli.Context, g globals, keyFile string, paths []string, out s
 	bar := newProgress(g, total, "publish", true)
 	opts.Ingest.Progress = func(n int64) { progressSet(bar, n) }
 	start := time.Now()
-	res, err := agent.Publish(c.Context, s, cat, key, sources, opts)
+	res, err := agent.Publish(c.Context, s, cat, keys, sources, opts)
 	if err != nil {
 		return err
 	}
@@ -136,7 +155,15 @@ func runPublish(c *cli.Context, g globals, keyFile string, paths []string, out s
 	secs := time.Since(start).Seconds()
 	var handed *handover
 	if c.String("origin") != "" {
-		if handed, err = handToOrigin(c, g, key, s, res); err != nil {
+		is := indexSigning{keys: keys, lifetime: 30 * 24 * time.Hour, out: c.String("index-out")}
+		if is.root, err = signingRoot(c, keys); err != nil {
+			return err
+		}
+		r, err := cat.Get(res.Name)
+		if err != nil {
+			return err
+		}
+		if handed, err = handToOrigin(c, g, is, s, r); err != nil {
 			hint := ""
 			if adminapi.Classify(err) != adminapi.BadData {
 				hint = " (run the same command again to resume)"
@@ -196,7 +223,8 @@ func runPublish(c *cli.Context, g globals, keyFile string, paths []string, out s
 		explainMembers(g.stdout, changed, res.Members)
 	}
 	if handed != nil {
-		fmt.Fprintf(g.stdout, "origin       sent %d chunks (%s); index version %d\n", handed.ChunksSent, humanBytes(handed.BytesSent), handed.IndexVersion)
+		fmt.Fprintf(g.stdout, "origin       sent %d chunks (%s); ", handed.ChunksSent, humanBytes(handed.BytesSent))
+		printIndexOutcome(g, handed)
 	}
 	return nil
 }

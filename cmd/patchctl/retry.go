@@ -17,7 +17,7 @@ func retryCommand() *cli.Command {
 			&cli.StringFlag{Name: "node", Usage: "only this node's failed install (`PEER-ID`)"},
 		}, adminFlags("origin", "the origin's")...),
 		Action: func(c *cli.Context) error {
-			if err := exactArgs(c, 1, "RELEASE (flags go before it)"); err != nil {
+			if err := exactArgs(c, 1, "RELEASE"); err != nil {
 				return err
 			}
 			return runRetry(c, globalsOf(c), adminapi.RetryRequest{Release: c.Args().First(), Node: c.String("node")})

@@ -22,7 +22,7 @@ func statusCommand() *cli.Command {
 		Flags:     adminFlags("origin", "the origin's (or a proxy's)"),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 1 {
-				return usageError("status: at most one RELEASE (flags go before it)")
+				return usageError("status: at most one RELEASE")
 			}
 			return runStatus(c, globalsOf(c), c.Args().First())
 		},

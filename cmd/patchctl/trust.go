@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -60,11 +61,25 @@ func trustCommand() *cli.Command {
 					if err := exactArgs(c, 1, "TRUST-FILE"); err != nil {
 						return err
 					}
+					data, err := os.ReadFile(c.Args().First())
+					if err != nil {
+						return err
+					}
 					root, err := loadTrust(c.Args().First())
 					if err != nil {
 						return err
 					}
-					return printRoot(globalsOf(c), root, "")
+					signers, err := root.Signers(data)
+					if err != nil {
+						return err
+					}
+					g := globalsOf(c)
+					if err := printRoot(g, root, ""); err != nil || g.json {
+						return err
+					}
+					fmt.Fprintf(g.stdout, "signed by %s\n", strings.Join(signers.Trusted, ", "))
+					writeSigners(g.stdout, signers)
+					return nil
 				},
 			},
 		},
@@ -122,13 +137,24 @@ func runTrustInit(g globals, privFiles, pubFiles []string, threshold int, lifeti
 	if err != nil {
 		return err
 	}
-	if _, err := manifest.ParseTrustedRoot(data, time.Now()); err != nil {
-		return fmt.Errorf("trust init: the new root does not verify (fewer signing keys than the threshold?): %w", err)
+	// A root of several key holders is signed one after another: written
+	// with fewer signatures than it needs, it says who else must sign.
+	signed, err := root.Signers(data)
+	if err != nil {
+		return err
 	}
 	if err := writeNewFile(out, data, 0o644); err != nil {
 		return err
 	}
-	return printRoot(g, root, out)
+	if err := printRoot(g, root, out); err != nil || g.json {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "signed by %s\n", strings.Join(signed.Trusted, ", "))
+	writeSigners(g.stdout, signed)
+	if !signed.Enough() {
+		fmt.Fprintf(g.stdout, "agents refuse %s until it has %d signatures\n", out, root.Threshold)
+	}
+	return nil
 }
 
 func runTrustRotate(g globals, c *cli.Context) error {
@@ -151,6 +177,11 @@ func runTrustRotate(g globals, c *cli.Context) error {
 		return err
 	}
 	remove := c.StringSlice("remove")
+	for _, id := range remove {
+		if !slices.ContainsFunc(old.Keys, func(k manifest.RootKey) bool { return k.ID == id }) {
+			return usageError("trust rotate: --remove %s: no key of root version %d has that ID (its keys: %s)", id, old.Version, strings.Join(old.KeyIDs(), ", "))
+		}
+	}
 	var pubs []ed25519.PublicKey
 	for _, k := range old.Keys {
 		if !slices.Contains(remove, k.ID) {

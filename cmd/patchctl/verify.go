@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -78,6 +79,10 @@ func runVerify(c *cli.Context, g globals, trustFile, ref string) error {
 	if err != nil {
 		return err
 	}
+	signers, err := root.Signers(envelope)
+	if err != nil {
+		return err
+	}
 	m, id, err := verifyEnvelope(cat, root, envelope)
 	if err != nil {
 		return err
@@ -101,7 +106,7 @@ func runVerify(c *cli.Context, g globals, trustFile, ref string) error {
 			}
 		}
 		if err := g.printJSON(map[string]any{
-			"name": m.Name, "cid": id.String(), "sequence": m.Sequence, "ok": len(problems) == 0,
+			"name": m.Name, "cid": id.String(), "sequence": m.Sequence, "ok": len(problems) == 0, "signers": signers,
 			"files": len(m.Files), "chunks": res.Chunks, "bytes": res.Bytes, "problems": list,
 		}); err != nil {
 			return err
@@ -120,6 +125,8 @@ func runVerify(c *cli.Context, g globals, trustFile, ref string) error {
 	}
 	if !g.json {
 		fmt.Fprintf(g.stdout, "ok %s (sequence %d, %s): signatures, threshold, expiry, %d chunks and %d files verified\n", m.Name, m.Sequence, id, res.Chunks, len(m.Files))
+		fmt.Fprintf(g.stdout, "  signed by %s\n", strings.Join(signers.Trusted, ", "))
+		writeSigners(g.stdout, signers)
 	}
 	return nil
 }
