@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -154,17 +156,87 @@ func TestRepublishNeedsHigherSequence(t *testing.T) {
 	}
 }
 
-func TestCollectSourcesRefusesLinks(t *testing.T) {
-	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "pack", "a"), []byte("a"))
-	if err := os.Symlink("/etc/passwd", filepath.Join(dir, "pack", "link")); err != nil {
-		t.Skip(err)
+func TestCollectSourcesCarriesRegularFilesOnlyAndSaysWhy(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, pack string)
+		want  string // in the error; "" for none
+	}{
+		{"a symbolic link", func(t *testing.T, pack string) {
+			if err := os.Symlink("/etc/passwd", filepath.Join(pack, "link")); err != nil {
+				t.Skip(err)
+			}
+		}, "is a symbolic link"},
+		{"an empty directory", func(t *testing.T, pack string) {
+			if err := os.Mkdir(filepath.Join(pack, "logs"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}, "is an empty directory"},
+		{"a named pipe", func(t *testing.T, pack string) {
+			if err := syscall.Mkfifo(filepath.Join(pack, "fifo"), 0o644); err != nil {
+				t.Skip(err)
+			}
+		}, "only regular files and directories"},
+		{"a directory with a file", func(t *testing.T, pack string) {
+			writeFile(t, filepath.Join(pack, "logs", ".keep"), nil)
+		}, ""},
 	}
-	if _, err := CollectSources([]string{filepath.Join(dir, "pack")}); err == nil {
-		t.Fatal("a symlink in the pack was accepted")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pack := filepath.Join(t.TempDir(), "pack")
+			writeFile(t, filepath.Join(pack, "a"), []byte("a"))
+			tt.setup(t, pack)
+			_, err := CollectSources([]string{pack})
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("CollectSources: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("CollectSources: %v, want an error saying %q", err, tt.want)
+			}
+		})
 	}
-	if _, err := CollectSources([]string{filepath.Join(dir, "empty-does-not-exist")}); err == nil {
+	if _, err := CollectSources([]string{filepath.Join(t.TempDir(), "missing")}); err == nil {
 		t.Fatal("a missing path was accepted")
+	}
+}
+
+func TestCollectSourcesClearsWriteForEveryone(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tool")
+	writeFile(t, path, []byte("x"))
+	if err := os.Chmod(path, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	src, err := CollectSources([]string{path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if src[0].Mode != 0o775 || src[0].Cleared != 0o002 {
+		t.Errorf("mode %o, cleared %o; want 775 published and 002 cleared", src[0].Mode, src[0].Cleared)
+	}
+}
+
+func TestAFileThatChangesWhilePublishedFailsThePublish(t *testing.T) {
+	f := newFixture(t)
+	path := filepath.Join(f.dir, "pack", "a.bin")
+	writeFile(t, path, generate(3, 256<<10, packgen.Software))
+	sources, err := CollectSources([]string{path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rewritten after it was collected and before it was read through, as
+	// a build that writes the pack while it is published would.
+	later := time.Now().Add(time.Second)
+	writeFile(t, path, generate(4, 256<<10, packgen.Software))
+	if err := os.Chtimes(path, later, later); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Publish(context.Background(), f.store, f.cat, []ed25519.PrivateKey{f.key}, sources, PublishOptions{Name: "SP-S041000005"})
+	if !errors.Is(err, ErrFileChanged) {
+		t.Fatalf("publish of a file rewritten meanwhile: %v, want ErrFileChanged", err)
+	}
+	if _, err := f.cat.Get("SP-S041000005"); !errors.Is(err, ErrReleaseNotFound) {
+		t.Errorf("a release was signed of a file that changed: %v", err)
 	}
 }
 

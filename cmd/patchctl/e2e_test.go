@@ -344,6 +344,8 @@ func TestUsageErrors(t *testing.T) {
 	e.fails(3, "", "extract", "SP-S041000005", "out")
 	e.fails(2, "--out is required", "key", "generate")
 	e.fails(2, "--trust is required", "verify", "SP-S041000005")
+	e.fails(2, "--lifetime must be positive", "publish", "--key", "release.key", "--lifetime", "0s", "pack")
+	e.fails(2, "--lifetime must be positive", "deploy", "--origin", "http://127.0.0.1:1", "--key", "release.key", "--lifetime", "-1h", "SP-S041000005")
 }
 
 func TestFlagsMayFollowTheArguments(t *testing.T) {
