@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -63,4 +65,22 @@ func TestDeploysRunAtOnceAllEndUpInTheIndex(t *testing.T) {
 	if len(ix.Deployments) != deploys {
 		t.Errorf("index version %d holds %d deployments, want %d", ix.Version, len(ix.Deployments), deploys)
 	}
+}
+
+// rm and gc at the origin keep what its signed index lists: nodes may still
+// fetch any of it.
+func TestTheOriginKeepsEveryReleaseItsIndexLists(t *testing.T) {
+	e := newEnv(t)
+	origin := e.startAgent("origin", "--role", "origin")
+	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "SP-S041000005",
+		"--origin", origin.info.Admin, "--admin-token", origin.token(), "pack")
+	e.fails(5, "withdraw it first", "--data-dir", origin.dir, "rm", "SP-S041000005")
+	// A pin lost by other means is restored before gc collects.
+	if err := os.Remove(filepath.Join(origin.dir, "pins", "SP-S041000005")); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.ok("--data-dir", origin.dir, "gc", "--grace", "0s"); !strings.Contains(out, "pinned SP-S041000005 again") {
+		t.Errorf("gc printed %q", out)
+	}
+	e.ok("--data-dir", origin.dir, "verify", "--trust", "trust.json", "SP-S041000005")
 }

@@ -24,6 +24,9 @@ func rmCommand() *cli.Command {
 				return err
 			}
 			ref := c.Args().First()
+			if err := refuseListed(g, cat, ref); err != nil {
+				return err
+			}
 			r, err := cat.Get(ref)
 			if err != nil && !errors.Is(err, agent.ErrReleaseNotFound) && cat.Has(ref) {
 				// An entry that does not read is removed by its name.
