@@ -16,6 +16,10 @@ type Health struct {
 	Labels       map[string]string `json:"labels,omitempty"`
 	Addrs        []string          `json:"addrs"`
 	IndexVersion uint64            `json:"index_version"`
+	IndexExpires time.Time         `json:"index_expires,omitzero"`
+	// Warnings are what an operator should act on soon, such as an index
+	// about to expire.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // IndexPosted answers a posted index: the version the origin now follows.
@@ -65,7 +69,10 @@ type NodeStatus struct {
 // and site, the nodes targeted, how many hold every chunk, how many
 // installed, and each failure with its node and reason.
 type FleetStatus struct {
-	Releases []ReleaseStatus `json:"releases"`
+	IndexVersion uint64          `json:"index_version"`
+	IndexExpires time.Time       `json:"index_expires,omitzero"`
+	Warnings     []string        `json:"warnings,omitempty"`
+	Releases     []ReleaseStatus `json:"releases"`
 	// LabelKeys are the keys of the labels the nodes below report, for
 	// checking a selector before it is signed.
 	LabelKeys []string `json:"label_keys,omitempty"`

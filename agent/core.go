@@ -38,10 +38,12 @@ type core struct {
 	// index held, kept, then held.
 	adoptMu sync.Mutex
 
-	mu         sync.Mutex
-	held       *manifest.Index
-	heldEnv    []byte
-	downstream map[peer.ID]time.Time // peers that polled this agent, when they last did
+	mu      sync.Mutex
+	held    *manifest.Index
+	heldEnv []byte
+	// saidExpired is the version of the index last said to have expired.
+	saidExpired uint64
+	downstream  map[peer.ID]time.Time // peers that polled this agent, when they last did
 }
 
 func newCore(ctx context.Context, cfg Config) (*core, error) {
@@ -187,23 +189,63 @@ func (c *core) health() adminapi.Health {
 		h.Addrs = append(h.Addrs, a.String())
 	}
 	if ix := c.current(); ix != nil {
-		h.IndexVersion = ix.Version
+		h.IndexVersion, h.IndexExpires = ix.Version, ix.Expires
+		h.Warnings = expiryWarnings(ix, c.clock.Now())
 	}
 	return h
 }
 
-// loadIndex takes the index kept in the data dir as the one held.
+// expiryWarnings warn of an index that expired, or that will within a
+// quarter of its lifetime: a week ahead for the default of 30 days.
+func expiryWarnings(ix *manifest.Index, now time.Time) []string {
+	left := ix.Expires.Sub(now)
+	switch {
+	case left < 0:
+		return []string{fmt.Sprintf("the index (version %d) expired at %s: agents act on none of it until a key holder signs the next version (patchctl index renew)",
+			ix.Version, ix.Expires.UTC().Format(time.RFC3339))}
+	case left < ix.Expires.Sub(ix.Created)/4:
+		return []string{fmt.Sprintf("the index (version %d) expires in %s (at %s): sign the next version before (patchctl index renew)",
+			ix.Version, left.Round(time.Hour), ix.Expires.UTC().Format(time.RFC3339))}
+	}
+	return nil
+}
+
+// loadIndex takes the index kept in the data dir as the one held, expired
+// or not: an expired index is not acted on (see usable), but the next
+// version must build on it.
 func (c *core) loadIndex() error {
 	env, err := c.index.read()
 	if err != nil || env == nil {
 		return err
 	}
-	ix, err := c.cfg.Trust.VerifyIndex(env, c.clock.Now(), nil)
+	ix, _, err := c.cfg.Trust.VerifyIndexExpired(env, c.clock.Now(), nil)
 	if err != nil {
 		return err
 	}
 	c.held, c.heldEnv = ix, env
 	return nil
+}
+
+// usable returns the index held if it has not expired, or nil. An expired
+// index is not acted on: no one may freeze a fleet on an old view by
+// withholding the new one (the index's expiry is what says so).
+func (c *core) usable() *manifest.Index {
+	ix := c.current()
+	if ix == nil {
+		return nil
+	}
+	if c.clock.Now().After(ix.Expires) {
+		c.mu.Lock()
+		said := c.saidExpired == ix.Version
+		c.saidExpired = ix.Version
+		c.mu.Unlock()
+		if !said {
+			c.log.Error("agent: the index expired; nothing is replicated or installed until a newer one arrives (sign the next version: patchctl index renew)",
+				"version", ix.Version, "expired", ix.Expires)
+		}
+		return nil
+	}
+	return ix
 }
 
 // adopt verifies env against the trust root and the index held, keeps it in
@@ -260,7 +302,7 @@ func (c *core) takeIndexFile() error {
 		return nil
 	}
 	held := c.current()
-	ix, err := c.cfg.Trust.VerifyIndex(env, c.clock.Now(), held)
+	ix, _, err := c.cfg.Trust.VerifyIndexExpired(env, c.clock.Now(), held)
 	if err != nil {
 		return err
 	}

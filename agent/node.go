@@ -262,7 +262,7 @@ func (n *node) installedNames() []string {
 // reconcile starts work on every release deployed to this node that is not
 // settled.
 func (n *node) reconcile(context.Context) {
-	ix := n.current()
+	ix := n.usable()
 	if ix == nil {
 		return
 	}

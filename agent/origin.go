@@ -238,7 +238,7 @@ func (o *origin) retryOrders() []fleet.RetryOrder {
 
 // FleetStatus is the fleet view of release (every release if empty).
 func (o *origin) FleetStatus(_ context.Context, release string) (adminapi.FleetStatus, error) {
-	st, err := fleetStatus(o.current(), o.sites.below(), release)
+	st, err := fleetStatus(o.current(), o.sites.below(), release, o.clock.Now())
 	st.Unenrolled = o.sites.unenrolled()
 	return st, err
 }

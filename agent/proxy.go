@@ -178,7 +178,7 @@ func (p *proxy) keepSiblings(ctx context.Context) {
 // not held whole, stops wanting those no longer deployed here, and settles
 // the pins.
 func (p *proxy) reconcile(ctx context.Context) {
-	ix := p.current()
+	ix := p.usable()
 	if ix == nil {
 		return
 	}
@@ -508,7 +508,7 @@ func (p *proxy) Index(context.Context) ([]byte, error) { return p.indexEnvelope(
 // FleetStatus is the view of the proxy's site and the sites below it.
 func (p *proxy) FleetStatus(_ context.Context, release string) (adminapi.FleetStatus, error) {
 	sites := append([]fleet.SiteStatus{p.site()}, p.sites.below()...)
-	st, err := fleetStatus(p.current(), sites, release)
+	st, err := fleetStatus(p.current(), sites, release, p.clock.Now())
 	st.Unenrolled = p.sites.unenrolled()
 	return st, err
 }

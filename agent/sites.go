@@ -135,8 +135,8 @@ func (b *siteBook) unenrolled() []adminapi.Unenrolled {
 }
 
 // fleetStatus is the fleet view of release (every release of ix if empty)
-// over sites.
-func fleetStatus(ix *manifest.Index, sites []fleet.SiteStatus, release string) (adminapi.FleetStatus, error) {
+// over sites, at now.
+func fleetStatus(ix *manifest.Index, sites []fleet.SiteStatus, release string, now time.Time) (adminapi.FleetStatus, error) {
 	out := adminapi.FleetStatus{Releases: []adminapi.ReleaseStatus{}}
 	if ix == nil {
 		if release != "" {
@@ -161,6 +161,8 @@ func fleetStatus(ix *manifest.Index, sites []fleet.SiteStatus, release string) (
 		}
 	}
 	out.LabelKeys = slices.Sorted(maps.Keys(keys))
+	out.IndexVersion, out.IndexExpires = ix.Version, ix.Expires
+	out.Warnings = expiryWarnings(ix, now)
 	for _, e := range entries {
 		rs := adminapi.ReleaseStatus{Name: e.Name, Sites: []adminapi.SiteCounts{}}
 		for _, s := range sites {
@@ -218,6 +220,3 @@ func countSite(ix *manifest.Index, e manifest.IndexEntry, s fleet.SiteStatus) ad
 	slices.SortFunc(c.Offline, func(x, y adminapi.NodeSeen) int { return strings.Compare(x.Node, y.Node) })
 	return c
 }
-
-// seenAgo is how a last-seen time reads in a log line.
-func seenAgo(now, seen time.Time) string { return now.Sub(seen).Round(time.Second).String() }

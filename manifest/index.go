@@ -301,6 +301,29 @@ func SignIndex(ix *Index, signers ...ed25519.PrivateKey) ([]byte, error) {
 	return seal(&e, signers)
 }
 
+// VerifyIndexExpired verifies an index envelope as VerifyIndex does, at the
+// last moment the index was valid: an index that expired is still the floor
+// of rollback checks and the base of its next version, though no node acts
+// on it. It returns the index and whether it has expired at now.
+func (r *Root) VerifyIndexExpired(envelope []byte, now time.Time, held *Index) (*Index, bool, error) {
+	e, err := ParseEnvelope(envelope)
+	if err != nil {
+		return nil, false, err
+	}
+	if e.Type != TypeIndex {
+		return nil, false, fmt.Errorf("envelope holds a %s, want an index (%s): %w", e.Type, TypeIndex, ErrInvalid)
+	}
+	at := now
+	if e.Expires.Before(now) {
+		at = e.Expires
+	}
+	ix, err := r.VerifyIndex(envelope, at, held)
+	if err != nil {
+		return nil, false, err
+	}
+	return ix, now.After(ix.Expires), nil
+}
+
 // VerifyIndex verifies an index envelope against r at now and returns the
 // index. held is the last index of the channel this node accepted, or nil:
 // an index with a lower version is ErrRollback, and so is one with the same

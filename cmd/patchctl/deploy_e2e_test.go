@@ -84,3 +84,39 @@ func TestTheOriginKeepsEveryReleaseItsIndexLists(t *testing.T) {
 	}
 	e.ok("--data-dir", origin.dir, "verify", "--trust", "trust.json", "SP-S041000005")
 }
+
+// An index about to expire is warned of; an expired one is renewed from
+// another machine, even across a restart of the origin, and the version
+// goes on from the expired one.
+func TestAnExpiringIndexIsWarnedOfAndRenewedFromAnotherMachine(t *testing.T) {
+	e := newEnv(t)
+	origin := e.startAgent("origin", "--role", "origin")
+	admin := []string{"--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key"}
+	e.ok(append([]string{"--data-dir", "release", "publish", "--name", "SP-S041000005", "pack"}, admin...)...)
+	e.ok(append([]string{"deploy", "--lifetime", "8s", "SP-S041000005"}, admin...)...)
+	warned := func(want string) func() (bool, string) {
+		return func() (bool, string) {
+			r := e.patchctl("status", "--origin", origin.info.Admin)
+			return strings.Contains(r.stderr, want), r.stderr
+		}
+	}
+	waitFor(t, "status warns of the index about to expire", warned("expires in"))
+	waitFor(t, "status says the index expired", warned("expired at"))
+	var h struct {
+		IndexVersion uint64   `json:"index_version"`
+		Warnings     []string `json:"warnings"`
+	}
+	if err := origin.getJSON("/v1/health", &h); err != nil || len(h.Warnings) != 1 || h.IndexVersion != 2 {
+		t.Errorf("health %+v (%v), want index version 2 with a warning", h, err)
+	}
+	origin.stop()
+	origin.start()
+	admin[1] = origin.info.Admin // its port is new
+	out := e.ok(append([]string{"index", "renew"}, admin...)...)
+	if !strings.Contains(out, "index version 3") {
+		t.Errorf("renew printed %q, want version 3, built on the expired version 2", out)
+	}
+	if r := e.patchctl("status", "--origin", origin.info.Admin); r.code != 0 || r.stderr != "" || !strings.Contains(r.stdout, "SP-S041000005") {
+		t.Errorf("status after the renewal: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+}

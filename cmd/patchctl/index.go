@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/agent"
 	"github.com/patchctl/patchctl/manifest"
 )
@@ -37,6 +38,18 @@ func indexCommand() *cli.Command {
 						return usageError("index add: name at least one release")
 					}
 					return runIndexAdd(c, globalsOf(c))
+				},
+			},
+			{
+				Name:      "renew",
+				Usage:     "sign the origin's next index version with nothing changed but a new expiry (an index that expires stops the fleet)",
+				ArgsUsage: " ",
+				Flags:     slices.Concat(indexSigningFlags(), adminFlags("origin", "the origin's")),
+				Action: func(c *cli.Context) error {
+					if err := exactArgs(c, 0, "no arguments"); err != nil {
+						return err
+					}
+					return runIndexRenew(c, globalsOf(c))
 				},
 			},
 			{
@@ -105,6 +118,35 @@ func parseIndexEnvelope(env []byte) (*manifest.Index, error) {
 		return nil, err
 	}
 	return manifest.ParseIndex(e.Payload)
+}
+
+func runIndexRenew(c *cli.Context, g globals) error {
+	is, err := readIndexSigning(c)
+	if err != nil {
+		return err
+	}
+	ac, err := adminClient(c, g, "origin")
+	if err != nil {
+		return err
+	}
+	ix, _, err := editOriginIndex(c.Context, ac, is, func(held, _ *manifest.Index) (bool, error) {
+		if held == nil {
+			return false, fmt.Errorf("the origin has no index to renew: %w", adminapi.ErrNotFound)
+		}
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return g.printJSON(map[string]any{"version": ix.Version, "expires": ix.Expires, "file": is.out})
+	}
+	if is.out != "" {
+		fmt.Fprintf(g.stdout, "index version %d, expiring %s, written to %s\n", ix.Version, ix.Expires.UTC().Format(time.RFC3339), is.out)
+		return nil
+	}
+	fmt.Fprintf(g.stdout, "the origin follows index version %d, expiring %s\n", ix.Version, ix.Expires.UTC().Format(time.RFC3339))
+	return nil
 }
 
 func runIndexPush(c *cli.Context, g globals, file string) error {

@@ -45,6 +45,9 @@ func runStatus(c *cli.Context, g globals, release string) error {
 		return g.printJSON(st)
 	}
 	printFleet(g.stdout, st)
+	for _, w := range st.Warnings {
+		fmt.Fprintf(g.stderr, "patchctl: warning: %s\n", w)
+	}
 	return nil
 }
 
