@@ -135,16 +135,20 @@ type NodeSeen struct {
 	LastSeen time.Time `json:"last_seen"`
 }
 
-// About is a node's list of installed and retired releases.
+// About is a node's list of releases: installed, retired, and those on
+// their way or stopped (failed, blocked, available, refused), with why.
 type About struct {
 	Installed []AboutEntry `json:"installed"`
 	Retired   []AboutEntry `json:"retired"`
+	Others    []AboutEntry `json:"others"`
 }
 
 // AboutEntry is one release of About.
 type AboutEntry struct {
 	Name            string    `json:"name"`
-	InstalledAt     time.Time `json:"installed_at"`
+	State           string    `json:"state"`
+	Reason          string    `json:"reason,omitempty"`
+	InstalledAt     time.Time `json:"installed_at,omitzero"`
 	RestartRequired bool      `json:"restart_required,omitempty"`
 	RetiredAt       time.Time `json:"retired_at,omitzero"`
 	RetiredBy       string    `json:"retired_by,omitempty"`

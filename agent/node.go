@@ -679,13 +679,16 @@ func (n *node) Install(ctx context.Context, name string) (adminapi.InstallResult
 	return adminapi.InstallResult{Release: name, State: state}, nil
 }
 
-// About lists what this node has installed and what was retired.
+// About lists what this node has installed, what was retired, and the
+// releases on their way or stopped, with their reasons.
 func (n *node) About(context.Context) (adminapi.About, error) {
-	ab := adminapi.About{Installed: []adminapi.AboutEntry{}, Retired: []adminapi.AboutEntry{}}
+	ab := adminapi.About{Installed: []adminapi.AboutEntry{}, Retired: []adminapi.AboutEntry{}, Others: []adminapi.AboutEntry{}}
+	recorded := map[string]bool{}
 	for _, b := range []struct {
 		bucket []byte
+		state  string
 		out    *[]adminapi.AboutEntry
-	}{{bucketInstalled, &ab.Installed}, {bucketRetired, &ab.Retired}} {
+	}{{bucketInstalled, lifecycle.Installed, &ab.Installed}, {bucketRetired, lifecycle.Retired, &ab.Retired}} {
 		recs, err := n.db.records(b.bucket)
 		if err != nil {
 			return ab, err
@@ -694,7 +697,17 @@ func (n *node) About(context.Context) (adminapi.About, error) {
 			n.mu.Lock()
 			restart := r.RestartRequired && n.release(r.Name).status.State == lifecycle.RestartRequired
 			n.mu.Unlock()
-			*b.out = append(*b.out, adminapi.AboutEntry{Name: r.Name, InstalledAt: r.InstalledAt, RestartRequired: restart, RetiredAt: r.RetiredAt, RetiredBy: r.RetiredBy})
+			state := b.state
+			if restart {
+				state = lifecycle.RestartRequired
+			}
+			recorded[r.Name] = true
+			*b.out = append(*b.out, adminapi.AboutEntry{Name: r.Name, State: state, InstalledAt: r.InstalledAt, RestartRequired: restart, RetiredAt: r.RetiredAt, RetiredBy: r.RetiredBy})
+		}
+	}
+	for _, d := range n.deployments() {
+		if !recorded[d.Release] {
+			ab.Others = append(ab.Others, adminapi.AboutEntry{Name: d.Release, State: d.State, Reason: d.Reason})
 		}
 	}
 	return ab, nil

@@ -11,7 +11,7 @@ import (
 func aboutCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "about",
-		Usage:     "list the releases a node has installed, and those retired",
+		Usage:     "list the releases a node has installed, those retired, and those on their way or stopped (failed, blocked, available) with why",
 		ArgsUsage: " ",
 		Flags:     adminFlags("admin", "the node's"),
 		Action: func(c *cli.Context) error {
@@ -46,6 +46,9 @@ func runAbout(c *cli.Context, g globals) error {
 	}
 	for _, e := range ab.Retired {
 		fmt.Fprintf(tw, "%s\tretired\t%s\tretired by %s on %s\n", e.Name, e.InstalledAt.Local().Format(time.DateTime), e.RetiredBy, e.RetiredAt.Local().Format(time.DateTime))
+	}
+	for _, e := range ab.Others {
+		fmt.Fprintf(tw, "%s\t%s\t-\t%s\n", e.Name, e.State, e.Reason)
 	}
 	return tw.Flush()
 }

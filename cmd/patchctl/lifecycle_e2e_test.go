@@ -313,6 +313,9 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 		t.Errorf("failure %+v, want a2's with the exit status and the hook's last line", f)
 	}
 	t.Logf("status with a2 failed:\n%s", e.ok("status", "--origin", origin.info.Admin))
+	if ab := e.about(nodes["a2"]); len(ab.Others) != 1 || ab.Others[0].State != lifecycle.Failed || !strings.Contains(ab.Others[0].Reason, "status 7") {
+		t.Errorf("about on a2 lists %+v beside what is installed, want the failed hotfix with its reason", ab.Others)
+	}
 
 	// The fault is removed and the install run again on a2 alone.
 	if err := os.Remove(fault("a2")); err != nil {
@@ -335,6 +338,9 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 		rs := e.releaseStatus(origin, "agent-tools")
 		return counts(rs) == "b 3/3/0 failed 0" && rs.Sites[0].States[lifecycle.Downloaded] == 3, fmt.Sprint(rs)
 	})
+	if ab := e.about(nodes["b1"]); len(ab.Others) != 1 || ab.Others[0].Name != "agent-tools" || !strings.HasPrefix(ab.Others[0].Reason, "available") {
+		t.Errorf("about on b1 lists %+v beside what is installed, want agent-tools available", ab.Others)
+	}
 	e.ok("install", "--admin", nodes["b1"].info.Admin, "--admin-token", nodes["b1"].token(), "agent-tools")
 	e.waitCounts(origin, "agent-tools", "b 3/3/1 failed 0")
 	if _, err := os.Stat(filepath.Join(nodes["b1"].dir, "installed", "agent-tools", "tools.marker")); err != nil {
