@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/patchctl/patchctl/adminapi"
+	"github.com/patchctl/patchctl/fleet"
 	"github.com/patchctl/patchctl/manifest"
 	"github.com/patchctl/patchctl/p2p"
 )
@@ -317,17 +318,7 @@ func (c *core) takeIndexFile() error {
 func (c *core) hold(ix *manifest.Index, env []byte) {
 	c.mu.Lock()
 	c.held, c.heldEnv = ix, env
-	// Only peers that polled within a few intervals hear of it: a peer
-	// gone for longer polls when it comes back, and the map stays bounded
-	// by the peers of the moment.
-	var peers []peer.ID
-	for p, seen := range c.downstream {
-		if c.clock.Since(seen) > 3*c.cfg.PollInterval {
-			delete(c.downstream, p)
-			continue
-		}
-		peers = append(peers, p)
-	}
+	peers := c.recentDownstream()
 	c.mu.Unlock()
 	c.log.Info("agent: index adopted", "version", ix.Version, "releases", len(ix.Releases), "deployments", len(ix.Deployments))
 	for _, p := range peers {
@@ -337,6 +328,40 @@ func (c *core) hold(ix *manifest.Index, env []byte) {
 			if err := c.peer.client.Announce(ctx, p, ix.Version); err != nil {
 				// It polls, and will catch up then.
 				c.log.Debug("agent: announce failed", "to", p, "err", err)
+			}
+		})
+	}
+}
+
+// recentDownstream returns the peers below that polled within a few
+// intervals, forgetting the others: a peer gone for longer polls when it
+// comes back, and the map stays bounded by the peers of the moment; c.mu
+// is held.
+func (c *core) recentDownstream() []peer.ID {
+	var peers []peer.ID
+	for p, seen := range c.downstream {
+		if c.clock.Since(seen) > 3*c.cfg.PollInterval {
+			delete(c.downstream, p)
+			continue
+		}
+		peers = append(peers, p)
+	}
+	return peers
+}
+
+// nudgeDownstream asks the peers below to report now, for what the answer
+// holds for them (a retry), instead of at their next poll.
+func (c *core) nudgeDownstream() {
+	c.mu.Lock()
+	peers := c.recentDownstream()
+	c.mu.Unlock()
+	client := fleet.NewClient(c.peer.client)
+	for _, p := range peers {
+		c.tasks.Go(func(ctx context.Context) {
+			ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := client.Nudge(ctx, p); err != nil {
+				c.log.Debug("agent: nudge failed; it polls", "to", p, "err", err)
 			}
 		})
 	}

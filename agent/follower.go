@@ -53,6 +53,14 @@ func (f *follower) Announced(from peer.ID, version uint64) {
 	f.c.pollNow()
 }
 
+// Nudged takes a nudge: an upstream has something for this agent in the
+// answer to its report, which it sends now. Only upstreams are heard.
+func (f *follower) Nudged(from peer.ID) {
+	if f.is[from] {
+		f.c.changed()
+	}
+}
+
 // pull gets a newer index from the upstreams, the announcer of one first,
 // and adopts it. It reports whether an upstream answered, and the index
 // adopted, if any.

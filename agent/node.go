@@ -42,6 +42,7 @@ type node struct {
 	tracker   *fleet.Client
 
 	indexService *p2p.IndexService
+	nudgeService *fleet.NudgeService
 	mdns         io.Closer
 
 	mu       sync.Mutex
@@ -149,6 +150,7 @@ func (n *node) load() error {
 func (n *node) start(context.Context) error {
 	n.peer.Serve(Serving{})
 	n.indexService = p2p.NewIndexService(n.peer.Host, n.core, n.up, p2p.IndexConfig{Logger: n.log})
+	n.nudgeService = fleet.NewNudgeService(n.peer.Host, n.up.Nudged, n.log)
 	if n.conf.MDNS {
 		// The service name carries the site, so only peers of the same
 		// site answer.
@@ -167,6 +169,7 @@ func (n *node) stop() {
 		n.mdns.Close()
 	}
 	n.indexService.Close()
+	n.nudgeService.Close()
 }
 
 func (n *node) poll(ctx context.Context) bool {

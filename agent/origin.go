@@ -225,6 +225,7 @@ func (o *origin) Retry(_ context.Context, req adminapi.RetryRequest) (adminapi.R
 		}
 	}
 	o.log.Info("agent: retry ordered", "release", req.Release, "node", req.Node, "generation", order.Generation, "failed", failed)
+	o.nudgeDownstream()
 	return adminapi.RetryResult{Release: req.Release, Node: req.Node, Generation: order.Generation, Failed: failed}, nil
 }
 

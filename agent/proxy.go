@@ -38,6 +38,7 @@ type proxy struct {
 	indexService   *p2p.IndexService
 	trackerService *fleet.TrackerService
 	statusService  *fleet.StatusService
+	nudgeService   *fleet.NudgeService
 
 	mu       sync.Mutex
 	replicas map[string]*replica // by release name
@@ -126,6 +127,7 @@ func (p *proxy) start(context.Context) error {
 	p.indexService = p2p.NewIndexService(h, p.core, p.up, p2p.IndexConfig{Logger: p.log})
 	p.trackerService = fleet.NewTrackerService(h, p, p.log)
 	p.statusService = fleet.NewStatusService(h, p.sites, p.log)
+	p.nudgeService = fleet.NewNudgeService(h, p.up.Nudged, p.log)
 	if len(p.siblings) > 0 {
 		p.tasks.Go(p.keepSiblings)
 	}
@@ -136,6 +138,7 @@ func (p *proxy) stop() {
 	p.indexService.Close()
 	p.trackerService.Close()
 	p.statusService.Close()
+	p.nudgeService.Close()
 }
 
 func (p *proxy) poll(ctx context.Context) bool {
@@ -491,8 +494,13 @@ func (p *proxy) reportUp(ctx context.Context) {
 			continue
 		}
 		p.mu.Lock()
+		fresh := !slices.Equal(p.retries, ans.Retry) && len(ans.Retry) > 0
 		p.retries = ans.Retry
 		p.mu.Unlock()
+		if fresh {
+			// The nodes hear of new retries at their next report: now.
+			p.nudgeDownstream()
+		}
 		return
 	}
 }

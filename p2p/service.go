@@ -81,6 +81,20 @@ func (c *Client) CallJSON(ctx context.Context, p peer.ID, pid protocol.ID, what 
 	return body, nil
 }
 
+// CallStatus sends req on a stream of pid to p and returns the status of an
+// answer that carries nothing after it, as a protocol of other packages
+// that only asks something to be done (the fleet's nudge) reads it.
+func (c *Client) CallStatus(ctx context.Context, p peer.ID, pid protocol.ID, req []byte) (Status, error) {
+	st, body, err := c.call(ctx, p, pid, req, 0, true)
+	if err != nil {
+		return 0, err
+	}
+	if len(body) != 0 {
+		return 0, fmt.Errorf("%s answer of %d bytes after the status: %w", pid, len(body), ErrMalformed)
+	}
+	return st, nil
+}
+
 // DecodeJSON decodes exactly one JSON value of p into v; anything else is
 // ErrMalformed.
 func DecodeJSON(p []byte, v any) error {

@@ -138,3 +138,33 @@ func TestHooksGetAbsolutePathsWhateverTheDataDirIsCalled(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A retry reaches the node within seconds, not at the next poll of each
+// tier (a minute here): the origin nudges its proxies, a proxy its nodes.
+func TestARetryTravelsDownAtOnce(t *testing.T) {
+	e := newEnv(t)
+	fault := filepath.Join(e.dir, "fault")
+	if err := os.WriteFile(fault, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	slow := []string{"--poll", "1m"}
+	origin := e.startAgent("origin", append([]string{"--role", "origin"}, slow...)...)
+	proxy := e.startAgent("proxy", append([]string{"--role", "proxy", "--site", "a", "--upstream", origin.addr()}, slow...)...)
+	e.ok("enrol", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "--site", "a", proxy.info.PeerID)
+	hook := fmt.Sprintf("if [ -e %s ]; then echo fault >&2; exit 3; fi", fault)
+	node := e.startAgent("node", append([]string{"--role", "node", "--site", "a", "--target", "server", "--upstream", proxy.addr(), "--install-hook", hook}, slow...)...)
+	e.ok("--data-dir", "release", "publish", "--key", "release.key", "--name", "SP-S041000005",
+		"--origin", origin.info.Admin, "--admin-token", origin.token(), "pack")
+	e.ok("deploy", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--key", "release.key", "SP-S041000005")
+	e.waitCounts(origin, "SP-S041000005", "a 1/1/0 failed 1")
+	if err := os.Remove(fault); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	e.ok("retry", "--origin", origin.info.Admin, "--admin-token", origin.token(), "--node", node.info.PeerID, "SP-S041000005")
+	e.waitCounts(origin, "SP-S041000005", "a 1/1/1 failed 0")
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("the retry took %s to be installed and reported, with a poll of a minute", took)
+	}
+	t.Logf("retried, installed and reported in %s with a poll of a minute", time.Since(start).Round(100*time.Millisecond))
+}
