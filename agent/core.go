@@ -44,7 +44,9 @@ type core struct {
 	heldEnv []byte
 	// saidExpired is the version of the index last said to have expired.
 	saidExpired uint64
-	downstream  map[peer.ID]time.Time // peers that polled this agent, when they last did
+	// failing are the recurring failures said, by what fails.
+	failing    map[string]bool
+	downstream map[peer.ID]time.Time // peers that polled this agent, when they last did
 }
 
 func newCore(ctx context.Context, cfg Config) (*core, error) {
@@ -65,6 +67,7 @@ func newCore(ctx context.Context, cfg Config) (*core, error) {
 		peer: p, db: db, index: indexFile{dir: cfg.DataDir},
 		dirty: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 		downstream: map[peer.ID]time.Time{},
+		failing:    map[string]bool{},
 	}
 	if err := c.loadIndex(); err != nil {
 		c.log.Warn("agent: the index held is not usable; starting without one", "err", err)
@@ -330,6 +333,24 @@ func (c *core) hold(ix *manifest.Index, env []byte) {
 				c.log.Debug("agent: announce failed", "to", p, "err", err)
 			}
 		})
+	}
+}
+
+// outage logs a recurring failure of what (reporting to an upstream, a
+// sibling's dial) once, at Warn, until it ends (err nil), which is logged at
+// Info: a failure repeated every poll would bury everything else.
+func (c *core) outage(what string, err error, attrs ...any) {
+	c.mu.Lock()
+	was := c.failing[what]
+	c.failing[what] = err != nil
+	c.mu.Unlock()
+	switch {
+	case err != nil && !was:
+		c.log.Warn("agent: "+what+" failed; trying again at every poll", append(attrs, "err", err)...)
+	case err != nil:
+		c.log.Debug("agent: "+what+" failed", append(attrs, "err", err)...)
+	case was:
+		c.log.Info("agent: "+what+" works again", attrs...)
 	}
 }
 

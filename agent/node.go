@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -544,20 +545,25 @@ func (n *node) report(ctx context.Context, releaseCID string, want cid.Cid) []pe
 		r.Want = want.String()
 	}
 	var ids []peer.ID
+	var errs []error
 	for _, proxy := range n.up.ids {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		res, err := n.tracker.Track(rctx, proxy, r)
 		cancel()
 		if err != nil {
-			n.log.Debug("agent: tracker failed", "proxy", proxy, "err", err)
+			errs = append(errs, err)
 			continue
 		}
+		errs = nil
 		for _, info := range res.Peers {
 			n.peer.Host.Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.TempAddrTTL)
 			ids = append(ids, info.ID)
 		}
 		n.retryOrdered(ctx, res.Retry)
 		break
+	}
+	if ctx.Err() == nil {
+		n.outage("reporting to the site's tracker", errors.Join(errs...), "proxies", n.up.ids)
 	}
 	return ids
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -164,8 +165,8 @@ func (p *proxy) keepSiblings(ctx context.Context) {
 				continue
 			}
 			dctx, cancel := context.WithTimeout(ctx, siblingDialTimeout)
-			if err := h.Connect(dctx, peer.AddrInfo{ID: id}); err != nil && ctx.Err() == nil {
-				p.log.Debug("agent: sibling not reachable", "sibling", id, "err", err)
+			if err := h.Connect(dctx, peer.AddrInfo{ID: id}); ctx.Err() == nil {
+				p.outage("dialling sibling "+id.ShortString(), err, "sibling", id)
 			}
 			cancel()
 		}
@@ -485,14 +486,21 @@ func (p *proxy) reportUp(ctx context.Context) {
 	sites := append([]fleet.SiteStatus{p.site()}, p.sites.below()...)
 	r := &fleet.StatusReport{Sites: sites[:min(len(sites), fleet.MaxStatusSites)]}
 	client := fleet.NewClient(p.peer.client)
+	var errs []error
+	defer func() {
+		if ctx.Err() == nil {
+			p.outage("reporting status upstream", errors.Join(errs...), "upstreams", p.up.ids)
+		}
+	}()
 	for _, up := range p.up.ids {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		ans, err := client.ReportStatus(rctx, up, r)
 		cancel()
 		if err != nil {
-			p.log.Debug("agent: status report failed", "upstream", up, "err", err)
+			errs = append(errs, err)
 			continue
 		}
+		errs = nil
 		p.mu.Lock()
 		fresh := !slices.Equal(p.retries, ans.Retry) && len(ans.Retry) > 0
 		p.retries = ans.Retry
