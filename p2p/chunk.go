@@ -58,9 +58,9 @@ type ChunkConfig struct {
 	// WriteTimeout is how long a handler waits for the peer to accept each
 	// part of a response (default 2 min). A peer reading steadily at the
 	// end of a thin, shared link lets the server send more only once it
-	// has read half a muxer stream window, 128 KiB: about 26 s for each of
-	// 25 nodes sharing a 1 Mbit/s link, and a 30 s bound cut off 7 of its
-	// 25 downloads. Time spent waiting for the rate limiter does not count.
+	// has read half a muxer stream window, 128 KiB, which at a few KB/s
+	// takes tens of seconds (docs/decisions/0017). Time spent waiting for
+	// the rate limiter does not count.
 	WriteTimeout time.Duration
 	// Limiter paces what the service sends; share one limiter among
 	// everything that should count against the node's upload rate. Nil is
@@ -164,7 +164,7 @@ func (c *Client) GetChunks(ctx context.Context, p peer.ID, ids []cid.Cid, fn fun
 		return err
 	}
 	defer stop()
-	ds := &deadlineStream{s: s, idle: c.idle(), hard: time.Now().Add(c.idle())}
+	ds := &chunkStream{deadlineStream: deadlineStream{s: s, idle: c.idle(), hard: time.Now().Add(c.idle())}, peer: p, onRead: c.OnRead}
 	if err := WriteFrame(ds, req); err != nil {
 		return fail(ctx, s, fmt.Errorf("send chunk request to %s: %w", p, err))
 	}
@@ -197,6 +197,22 @@ func (c *Client) GetChunks(ctx context.Context, p peer.ID, ids []cid.Cid, fn fun
 	}
 	_ = s.Close()
 	return nil
+}
+
+// chunkStream is the deadlineStream of a GetChunks call, which tells onRead,
+// if set, of every read that returns bytes.
+type chunkStream struct {
+	deadlineStream
+	peer   peer.ID
+	onRead func(peer.ID, int)
+}
+
+func (cs *chunkStream) Read(p []byte) (int, error) {
+	n, err := cs.deadlineStream.Read(p)
+	if n > 0 && cs.onRead != nil {
+		cs.onRead(cs.peer, n)
+	}
+	return n, err
 }
 
 // GetChunks is (&Client{Host: h}).GetChunks.

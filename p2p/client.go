@@ -32,6 +32,11 @@ type Client struct {
 	// limiter among everything that should count against one download
 	// rate, such as a proxy's WAN link.
 	Limiter *RateLimiter
+	// OnRead, if set, is called with the peer and the byte count after
+	// every read of a GetChunks stream that returns bytes, from the
+	// goroutine reading, such as a fetch watching for stalled peers. It
+	// must be cheap and safe for concurrent use.
+	OnRead func(p peer.ID, n int)
 }
 
 func (c *Client) idle() time.Duration  { return orDefault(c.IdleTimeout, DefaultIdleTimeout) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/filecoin-project/go-clock"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -18,6 +20,12 @@ import (
 	"github.com/patchctl/patchctl/manifest"
 	"github.com/patchctl/patchctl/store"
 )
+
+// The swarm fetcher is in four files: this one holds the API and the loop,
+// fetch_events.go the events the loop applies, fetch_policy.go the rules that
+// choose which chunk to ask of which peer, and fetch_rate.go the rate each
+// peer's window follows. docs/decisions/0020 to 0029 record how its numbers
+// were chosen.
 
 // FetchStore is what the swarm fetcher needs of a chunk store.
 type FetchStore interface {
@@ -45,15 +53,18 @@ type FetchConfig struct {
 	// QueueTime is how much of a peer's measured throughput, in bytes on
 	// the wire, is kept in flight (default 500 ms). The window follows the
 	// rate, so throughput is never capped at window × chunk size / RTT: on
-	// a long link the window grows until the pipe is full. The 3 sites ×
-	// 5 nodes demo took 1.19-1.22 × its lower bound with 500 ms and
-	// 1.26-1.27 × with 250 ms.
+	// a long link the window grows until the pipe is full
+	// (docs/decisions/0021).
 	QueueTime time.Duration
-	// StallTimeout abandons a request stream that delivers no byte for
-	// this long; its chunks go to other peers (default 15 s).
+	// StallTimeout is how long a peer with chunks requested may send no
+	// byte on any of its request streams before they are abandoned and
+	// their chunks go to other peers, which counts as one failure (default
+	// 15 s). It is the peer that stalls, not a stream: its streams share
+	// its connection, where one stream's chunks queue behind another's
+	// (docs/decisions/0024).
 	StallTimeout time.Duration
-	// MaxFailures is how many request streams to a peer may fail in a row
-	// before the fetch stops using it (default 3).
+	// MaxFailures is how many times in a row a peer's requests may fail
+	// or stall before the fetch stops using it (default 3).
 	MaxFailures int
 	// IdleTimeout ends the fetch with an error when chunks are missing, no
 	// request is in flight and no peer announced anything new for this
@@ -69,7 +80,7 @@ type FetchConfig struct {
 	// Costly, if set, marks peers to ask only for chunks that no other
 	// usable peer has, such as a proxy's upstream across the WAN beside
 	// the proxies of sibling sites: what a sibling already holds is not
-	// fetched from the origin again, except in the last batch (see tail).
+	// fetched from the origin again, except in the last batch.
 	Costly func(peer.ID) bool
 	// Share, if it names more than this host, makes this fetch one of
 	// several splitting the release between them, such as the proxies of
@@ -77,13 +88,15 @@ type FetchConfig struct {
 	// parts as Share has peers, and a Costly peer is asked only for this
 	// host's part, for the part of a peer that is gone, or for any part
 	// once the peers have announced nothing new for ShareWait. Ties in
-	// rarity are broken in that order, starting at this host's part.
+	// rarity are broken in that order, starting at this host's part
+	// (docs/decisions/0029).
 	Share []peer.ID
 	// ShareWait is how long sharing peers may stay silent before the
 	// Costly peers are asked for their parts (default 2 s).
 	ShareWait time.Duration
 	// NoEndgame turns off duplicate requests at the end, for links where a
-	// duplicate costs more than a slow tail, such as a WAN.
+	// duplicate costs more than a slow tail, such as a WAN
+	// (docs/decisions/0027).
 	NoEndgame bool
 	// Limiter, if set, paces what the fetch receives.
 	Limiter *RateLimiter
@@ -96,6 +109,11 @@ type FetchConfig struct {
 	// store.ContentFramePutter. Content is called from several goroutines
 	// at once.
 	Content func(id cid.Cid, content []byte)
+	// Clock, if set, is what the fetch reads and waits on for its
+	// timeouts (stall, idle, ShareWait), its retry backoff and its rate
+	// samples; nil is the real clock. The streams' socket deadlines stay
+	// on the real clock, as a backstop well beyond StallTimeout.
+	Clock clock.Clock
 }
 
 // FetchProgress is a snapshot of a fetch, for progress bars and status.
@@ -126,9 +144,8 @@ type FetchResult struct {
 }
 
 // DefaultStoreWriters keeps enough chunks on their way into the store that a
-// disk store's group commit makes many durable per flush: with 16 writers a
-// flush of this project's disks took ~1 MiB at a time (~84 MB/s), with 64
-// several times that.
+// disk store's group commit makes many durable per flush
+// (docs/decisions/0010).
 const DefaultStoreWriters = 64
 
 // ErrNoSource means chunks are missing that no usable peer has.
@@ -145,9 +162,9 @@ var errBadChunk = errors.New("chunk failed verification")
 // throughput, so faster peers get more work; once every missing chunk is
 // requested, the last ones are requested again from other peers (endgame). A
 // peer that sends a chunk that fails verification is banned for this fetch; a
-// peer whose streams stall is dropped after MaxFailures and its chunks go
-// elsewhere. Every chunk is durable once stored, so a fetch that is stopped
-// and started again fetches only what is still missing.
+// peer that stalls is dropped after MaxFailures and its chunks go elsewhere.
+// Every chunk is durable once stored, so a fetch that is stopped and started
+// again fetches only what is still missing.
 //
 // The caller adds the peers' addresses to h's peerstore; a peer that cannot
 // be reached is tried again haveRetries times with a growing backoff, then
@@ -160,29 +177,46 @@ func Fetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manifest,
 	return f.run(ctx)
 }
 
-// chunk states
+// haveRetries is how often a peer whose have subscription failed to open is
+// tried again, after haveRetryDelay, then twice that, and so on
+// (docs/decisions/0025).
 const (
-	missing = iota
-	requested
-	stored
+	haveRetries    = 3
+	haveRetryDelay = time.Second
 )
+
+// minStallBackstop is the shortest real-time deadline on a request stream.
+// The fetch detects stalls on its own clock, which a test may hold still;
+// the socket deadline only catches what that misses and must not pre-empt it.
+const minStallBackstop = 30 * time.Second
 
 type fetchPeer struct {
 	id       peer.ID
 	have     Bitmap // nil until the have subscription opens
 	sub      *HaveSubscription
-	inflight int             // chunks requested and not yet answered
-	asked    map[int]bool    // chunks requested from this peer and not yet answered
-	window   int             // chunks allowed in flight
-	rate     float64         // EWMA of bytes/s
-	sample   int64           // bytes since sampleAt
-	sampleAt time.Time       // start of the current rate sample
-	failures int             // request streams failed in a row
-	ctx      context.Context // ends when the peer is dropped
-	cancel   func()          // cancels its streams
-	stats    *PeerStats
-	gone     bool // banned or dropped: never asked again, unless retryAt is set
-	costly   bool // asked only for what no other usable peer has
+	inflight int          // chunks requested and not yet answered
+	asked    map[int]bool // chunks requested from this peer and not yet answered
+	window   int          // chunks allowed in flight
+	meter    rateMeter
+	failures int // request streams failed, or stalls, in a row
+	// The goroutines reading the peer's chunk streams keep heard, owed and
+	// storeWaits; every other field is the fetch goroutine's.
+	heard      atomic.Int64 // when a byte last arrived, as time since the fetch began
+	owed       atomic.Int32 // chunks requested whose frames have not arrived
+	storeWaits atomic.Int32 // streams waiting for a store writer, not for the peer
+	// busySince is when the peer last went from owing nothing to owing a
+	// chunk, or was last found stalled: it is not stalled before it has
+	// had StallTimeout to answer.
+	busySince time.Duration
+	ctx       context.Context // ends when the peer is dropped
+	cancel    func()          // cancels its streams
+	// reqCtx ends the peer's request streams: when the peer is dropped,
+	// or when it stalls, after which a fresh one is made.
+	reqCtx    context.Context
+	reqCancel func()
+	stats     *PeerStats
+	gone      bool // banned or dropped: never asked again, unless retryAt is set
+	costly    bool // asked only for what no other usable peer has
 	// retryAt, if set, is when a peer dropped because its have
 	// subscription did not open is subscribed to again; haveFailures
 	// counts those failures.
@@ -190,62 +224,33 @@ type fetchPeer struct {
 	haveFailures int
 }
 
-// fetchEvent is anything that changes the fetch's state; the fetch's own
-// goroutine applies events one at a time, so the state needs no lock.
-type fetchEvent struct {
-	peer    peer.ID
-	kind    int
-	sub     *HaveSubscription // haveOpened
-	indexes []int             // haveUpdate: chunks announced; batchDone: chunks not answered
-	index   int               // chunkStored, chunkRejected, chunkAbsent
-	wire    int64
-	err     error
-	dup     bool
-}
-
-const (
-	haveOpened = iota
-	haveFailed
-	haveUpdate
-	haveEnded
-	chunkStored
-	chunkRejected
-	chunkAbsent
-	chunkUnstored
-	storeFailed
-	batchDone
-)
-
 type fetch struct {
+	chunkTable
 	h          host.Host
 	s          FetchStore
 	cfg        FetchConfig
-	client     *Client
+	clock      clock.Clock
+	epoch      time.Time // when the fetch began, on clock
+	client     *Client   // for chunks: tells heard of every read
+	haveClient *Client   // for have subscriptions
 	manifestID cid.Cid
 	ids        []cid.Cid
 	sizes      []int64
-	index      map[cid.Cid]int
-	state      []uint8
-	copies     []uint8   // requests in flight per chunk
-	avail      []int     // how many usable peers have each chunk
-	cheapAvail []int     // how many of those are not Costly
-	rank       []int     // tie-break order among equally rare chunks
-	owner      []peer.ID // with a Share: the peer whose part each chunk is in
 	cheapNews  time.Time // when a peer that is not Costly last announced a chunk
-	hasCostly  bool      // a peer is Costly
-	pending    []int     // missing chunks not in flight, in random order
-	pendingPos []int     // position of each chunk in pending, or -1
-	remaining  int
+	lastNews   time.Time
 	bytesTotal int64
 	bytesDone  int64
 	peers      map[peer.ID]*fetchPeer
 	order      []*fetchPeer
-	events     chan fetchEvent
-	wg         sync.WaitGroup
-	res        FetchResult
-	lastNews   time.Time
-	rng        *rand.Rand
-	writers    chan struct{} // a slot per chunk being stored
+	// readers is a copy of peers for the goroutines reading chunk streams,
+	// replaced, never changed, when peers join.
+	readers atomic.Pointer[map[peer.ID]*fetchPeer]
+	events  chan fetchEvent
+	wg      sync.WaitGroup
+	res     FetchResult
+	rng     *rand.Rand
+	writers chan struct{} // a slot per chunk being stored
+	picks   []int         // scratch for choosing a batch
 	// framesReceived counts the frames whose bytes res.BytesFetched sums.
 	framesReceived int
 }
@@ -267,11 +272,15 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 	cfg.QueueTime = orDefault(cfg.QueueTime, 500*time.Millisecond)
 	cfg.StallTimeout = orDefault(cfg.StallTimeout, 15*time.Second)
 	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, time.Minute)
+	cfg.ShareWait = orDefault(cfg.ShareWait, 2*time.Second)
 	if cfg.MaxFailures <= 0 {
 		cfg.MaxFailures = 3
 	}
 	if cfg.StoreWriters <= 0 {
 		cfg.StoreWriters = DefaultStoreWriters
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.New()
 	}
 	ids := m.ChunkIDs()
 	if len(ids) > MaxReleaseChunks {
@@ -283,32 +292,39 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 			sizes[c.CID] = int64(c.Size)
 		}
 	}
+	backstop := max(4*cfg.StallTimeout, minStallBackstop)
 	f := &fetch{
-		h:   h,
-		s:   s,
-		cfg: cfg,
-		// A stream stalls when no byte arrives for StallTimeout. A whole
-		// chunk may take far longer where dozens of nodes share a thin
-		// link (a 256 KiB chunk at a 5 KB/s share is 52 s), so the bound
-		// on one chunk only stops a peer that trickles forever.
-		client:     &Client{Host: h, IdleTimeout: cfg.StallTimeout, ChunkTimeout: max(cfg.StallTimeout, defaultChunkTimeout), Limiter: cfg.Limiter},
+		chunkTable: chunkTable{
+			state:      make([]uint8, len(ids)),
+			copies:     make([]uint8, len(ids)),
+			avail:      make([]int, len(ids)),
+			cheapAvail: make([]int, len(ids)),
+			pendingPos: make([]int, len(ids)),
+			batchSize:  cfg.BatchSize,
+		},
+		h:     h,
+		s:     s,
+		cfg:   cfg,
+		clock: cfg.Clock,
+		epoch: cfg.Clock.Now(),
+		// The loop finds stalled peers; the stream deadlines are only a
+		// backstop. A whole chunk may take far longer than the stall
+		// timeout where dozens of nodes share a thin link, so the bound
+		// on one chunk only stops a peer that trickles forever
+		// (docs/decisions/0024).
+		client:     &Client{Host: h, IdleTimeout: backstop, ChunkTimeout: max(backstop, defaultChunkTimeout), Limiter: cfg.Limiter},
+		haveClient: &Client{Host: h, IdleTimeout: cfg.StallTimeout},
 		manifestID: manifestID,
 		ids:        ids,
 		sizes:      make([]int64, len(ids)),
-		index:      make(map[cid.Cid]int, len(ids)),
-		state:      make([]uint8, len(ids)),
-		copies:     make([]uint8, len(ids)),
-		avail:      make([]int, len(ids)),
-		cheapAvail: make([]int, len(ids)),
-		pendingPos: make([]int, len(ids)),
 		peers:      make(map[peer.ID]*fetchPeer),
 		events:     make(chan fetchEvent, 256),
 		rng:        rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
 		writers:    make(chan struct{}, cfg.StoreWriters),
 		res:        FetchResult{ChunksTotal: len(ids), Peers: make(map[peer.ID]*PeerStats)},
 	}
+	f.client.OnRead = f.heard
 	for i, id := range ids {
-		f.index[id] = i
 		f.sizes[i] = sizes[id]
 		f.bytesTotal += sizes[id]
 		f.pendingPos[i] = -1
@@ -326,68 +342,20 @@ func newFetch(ctx context.Context, h host.Host, s FetchStore, m *manifest.Manife
 		f.pendingPos[i] = len(f.pending)
 		f.pending = append(f.pending, i)
 	}
-	f.rank, f.owner = chunkRanks(ids, h.ID(), cfg.Share, f.rng)
-	f.cfg.ShareWait = orDefault(cfg.ShareWait, 2*time.Second)
+	f.rank, f.share.owner = chunkRanks(ids, h.ID(), cfg.Share, f.rng)
+	if f.share.owner != nil {
+		f.share.me = slices.Index(cfg.Share, h.ID())
+		f.share.gone = make([]bool, len(cfg.Share))
+	}
 	for _, p := range peers {
 		f.addPeer(p)
 	}
+	f.publishPeers()
 	return f, nil
 }
 
-// chunkRanks orders the chunks for breaking ties in rarity. By default the
-// order is random, which spreads fetchers that start together over different
-// chunks, so they have something to trade from the start. With a share, the
-// order is the chunks sorted by CID, rotated to start at self's part, and
-// owners names the peer whose part each chunk is in.
-func chunkRanks(ids []cid.Cid, self peer.ID, share []peer.ID, rng *rand.Rand) (rank []int, owners []peer.ID) {
-	n := len(ids)
-	order := make([]int, n)
-	for i := range order {
-		order[i] = i
-	}
-	me := slices.Index(share, self)
-	if len(share) > 1 && me >= 0 {
-		sort.Slice(order, func(a, b int) bool { return ids[order[a]].KeyString() < ids[order[b]].KeyString() })
-		owners = make([]peer.ID, n)
-		for pos, i := range order {
-			owners[i] = share[pos*len(share)/n]
-		}
-		start := me * n / len(share)
-		order = append(order[start:], order[:start]...)
-	} else {
-		rng.Shuffle(n, func(a, b int) { order[a], order[b] = order[b], order[a] })
-	}
-	rank = make([]int, n)
-	for r, i := range order {
-		rank[i] = r
-	}
-	return rank, owners
-}
-
-// costlyMay reports whether a Costly peer may be asked for chunk i: no other
-// peer has it, and it is this host's part of a share, or its owner is gone,
-// or shareOpen (the sharing peers have been silent too long).
-func (f *fetch) costlyMay(i int, shareOpen bool) bool {
-	if f.cheapAvail[i] > 0 && !f.tail() {
-		return false
-	}
-	if shareOpen || f.owner == nil || f.owner[i] == f.h.ID() {
-		return true
-	}
-	o := f.peers[f.owner[i]]
-	return o == nil || o.gone
-}
-
-// tail reports whether a fetch with Costly peers is at its last batch:
-// then cheap peers get one chunk at a time and Costly peers any chunk, so
-// that the last chunks do not wait in a queue at a sibling's WAN uplink,
-// shared with every other proxy finishing too, while the upstream is idle.
-func (f *fetch) tail() bool {
-	return f.hasCostly && f.remaining <= f.cfg.BatchSize
-}
-
 // addPeer adds p to the fetch and returns it, or returns nil if p is this
-// host or already known.
+// host or already known. The caller then calls publishPeers.
 func (f *fetch) addPeer(p peer.ID) *fetchPeer {
 	if p == f.h.ID() || f.peers[p] != nil {
 		return nil
@@ -401,15 +369,37 @@ func (f *fetch) addPeer(p peer.ID) *fetchPeer {
 	return fp
 }
 
+// publishPeers hands the goroutines reading chunk streams the peers known
+// now. They get a copy because peers changes as peers join.
+func (f *fetch) publishPeers() {
+	readers := maps.Clone(f.peers)
+	f.readers.Store(&readers)
+}
+
+// heard records that bytes arrived from p. The fetch's Client calls it on
+// every read of a chunk stream, so it takes no lock and allocates nothing.
+func (f *fetch) heard(p peer.ID, _ int) {
+	if fp := (*f.readers.Load())[p]; fp != nil {
+		fp.heard.Store(int64(f.sinceEpoch()))
+	}
+}
+
+// sinceEpoch is the fetch clock's time since the fetch began, the unit of
+// fetchPeer.heard and busySince.
+func (f *fetch) sinceEpoch() time.Duration {
+	return f.clock.Since(f.epoch)
+}
+
 // subscribe opens p's have subscription in the background.
 func (f *fetch) subscribe(ctx context.Context, p *fetchPeer) {
 	p.ctx, p.cancel = context.WithCancel(ctx)
+	p.reqCtx, p.reqCancel = context.WithCancel(p.ctx)
 	f.goSend(func() fetchEvent {
-		sub, err := f.client.OpenHave(p.ctx, p.id, f.manifestID, len(f.ids))
+		sub, err := f.haveClient.OpenHave(p.ctx, p.id, f.manifestID, len(f.ids))
 		if err != nil {
-			return fetchEvent{peer: p.id, kind: haveFailed, err: err}
+			return haveFailed{peer: p.id, err: err}
 		}
-		return fetchEvent{peer: p.id, kind: haveOpened, sub: sub}
+		return haveOpened{sub}
 	})
 }
 
@@ -443,25 +433,33 @@ func (f *fetch) run(ctx context.Context) (*FetchResult, error) {
 	for _, p := range f.order {
 		f.subscribe(ctx, p)
 	}
-	f.lastNews = time.Now()
+	f.lastNews = f.clock.Now()
 	f.cheapNews = f.lastNews
-	idle := time.NewTicker(min(f.cfg.IdleTimeout/4, f.cfg.ShareWait))
-	defer idle.Stop()
+	// The tick is when the loop looks at the clock: for stalls, the idle
+	// timeout, ShareWait and peers to subscribe to again.
+	tick := f.clock.Ticker(min(f.cfg.IdleTimeout/4, f.cfg.ShareWait, f.cfg.StallTimeout/4))
+	defer tick.Stop()
 	for f.remaining > 0 {
 		select {
 		case <-ctx.Done():
 			return &f.res, ctx.Err()
 		case ev := <-f.events:
-			if err := f.apply(ctx, ev); err != nil {
+			if err := ev.apply(ctx, f); err != nil {
 				return &f.res, err
 			}
 		case peers := <-f.cfg.MorePeers:
+			var added []*fetchPeer
 			for _, id := range peers {
 				if p := f.addPeer(id); p != nil {
-					f.subscribe(ctx, p)
+					added = append(added, p)
 				}
 			}
-		case <-idle.C:
+			f.publishPeers()
+			for _, p := range added {
+				f.subscribe(ctx, p)
+			}
+		case <-tick.C:
+			f.checkStalls()
 			f.resubscribe(ctx)
 		}
 		f.schedule()
@@ -472,16 +470,9 @@ func (f *fetch) run(ctx context.Context) (*FetchResult, error) {
 	return &f.res, nil
 }
 
-// haveRetries is how often a peer whose have subscription failed to open is
-// tried again, after haveRetryDelay, then twice that, and so on.
-const (
-	haveRetries    = 3
-	haveRetryDelay = time.Second
-)
-
 // resubscribe subscribes again to the peers whose retry time has come.
 func (f *fetch) resubscribe(ctx context.Context) {
-	now := time.Now()
+	now := f.clock.Now()
 	for _, p := range f.order {
 		if p.gone && !p.retryAt.IsZero() && now.After(p.retryAt) {
 			p.gone, p.retryAt, p.stats.Dropped = false, time.Time{}, ""
@@ -497,6 +488,38 @@ func (f *fetch) goSend(fn func() fetchEvent) {
 		defer f.wg.Done()
 		f.events <- fn()
 	}()
+}
+
+// checkStalls finds the peers that owe chunks and sent no byte for
+// StallTimeout, and gives up on their requests. A peer is not stalled while
+// one of its streams waits for a store writer: then the fetch is behind, and
+// the peer cannot send.
+func (f *fetch) checkStalls() {
+	now := f.sinceEpoch()
+	for _, p := range f.order {
+		if p.gone || p.owed.Load() == 0 || p.storeWaits.Load() > 0 {
+			continue
+		}
+		if now-max(time.Duration(p.heard.Load()), p.busySince) >= f.cfg.StallTimeout {
+			f.stalled(p, now)
+		}
+	}
+}
+
+// stalled cancels p's request streams, whose chunks return to pending as
+// they end, and counts one failure for them all: p's window halves, and
+// after MaxFailures in a row p is dropped.
+func (f *fetch) stalled(p *fetchPeer, now time.Duration) {
+	p.reqCancel()
+	p.reqCtx, p.reqCancel = context.WithCancel(p.ctx)
+	// The cancelled requests count as in flight until their streams end:
+	// they must not be found stalled again meanwhile.
+	p.busySince = now
+	p.failures++
+	p.window = max(f.floorWindow(p), p.window/2)
+	if p.failures >= f.cfg.MaxFailures {
+		f.drop(p, fmt.Sprintf("stalled: no byte for %s with %d chunks requested", f.cfg.StallTimeout, p.owed.Load()))
+	}
 }
 
 // checkProgress fails the fetch when it cannot move: chunks are missing,
@@ -524,7 +547,7 @@ func (f *fetch) checkProgress() error {
 	if usable == 0 {
 		return fmt.Errorf("fetch: %d chunks missing and every peer failed (%s): %w", f.remaining, f.peerErrors(), ErrNoSource)
 	}
-	if time.Since(f.lastNews) > f.cfg.IdleTimeout {
+	if f.clock.Since(f.lastNews) > f.cfg.IdleTimeout {
 		return fmt.Errorf("fetch: %d chunks missing that none of %d peers has announced for %s: %w", f.remaining, usable, f.cfg.IdleTimeout, ErrNoSource)
 	}
 	return nil
@@ -544,377 +567,155 @@ func (f *fetch) peerErrors() string {
 	return fmt.Sprint(msgs)
 }
 
-func (f *fetch) apply(ctx context.Context, ev fetchEvent) error {
-	p := f.peers[ev.peer]
-	switch ev.kind {
-	case haveOpened:
-		if p.gone {
-			ev.sub.Close()
-			return nil
-		}
-		p.sub, p.have = ev.sub, ev.sub.Have
-		for i := range f.ids {
-			if p.have.Has(i) {
-				f.counted(p, i, 1)
-			}
-		}
-		f.lastNews = time.Now()
-		sub := ev.sub
-		f.wg.Add(1)
-		go func() {
-			defer f.wg.Done()
-			for idx := range sub.Updates {
-				f.events <- fetchEvent{peer: sub.Peer, kind: haveUpdate, indexes: idx}
-			}
-			f.events <- fetchEvent{peer: sub.Peer, kind: haveEnded, err: sub.Err()}
-		}()
-	case haveFailed:
-		f.drop(p, fmt.Sprintf("have: %v", ev.err))
-		// Under load a dial's handshake can time out although the peer
-		// is well: in a 500-node testnet about 2,000 subscriptions a
-		// run failed so. Such a peer is tried again after a backoff.
-		if p.haveFailures++; p.haveFailures <= haveRetries && ctx.Err() == nil {
-			p.retryAt = time.Now().Add(haveRetryDelay << (p.haveFailures - 1))
-		}
-	case haveUpdate:
-		if p.gone {
-			return nil
-		}
-		for _, i := range ev.indexes {
-			if !p.have.Has(i) {
-				p.have.Set(i)
-				f.counted(p, i, 1)
-			}
-		}
-		f.lastNews = time.Now()
-	case haveEnded:
-		// The peer stays usable for what it announced; it just tells us
-		// nothing new.
-	case chunkStored:
-		delete(p.asked, ev.index)
-		p.inflight--
-		p.failures = 0
-		f.countWire(p, ev.wire)
-		if f.copies[ev.index] > 0 {
-			f.copies[ev.index]--
-		}
-		if f.state[ev.index] == stored {
-			f.res.Duplicates++
-			return nil
-		}
-		f.state[ev.index] = stored
-		f.remaining--
-		f.res.ChunksFetched++
-		f.bytesDone += f.sizes[ev.index]
-		p.stats.Chunks++
-		if f.cfg.Progress != nil {
-			f.cfg.Progress(FetchProgress{
-				ChunksTotal: len(f.ids), ChunksDone: len(f.ids) - f.remaining,
-				BytesTotal: f.bytesTotal, BytesDone: f.bytesDone, WireBytes: f.res.BytesFetched,
-				Peer: p.id, PeerWireBytes: p.stats.WireBytes,
-			})
-		}
-	case chunkRejected:
-		f.countWire(p, ev.wire)
-		if !p.stats.Banned {
-			p.stats.Banned = true
-			f.drop(p, fmt.Sprintf("banned: %v", ev.err))
-			// A peer that lies about content is cut off, not only
-			// ignored: its other streams would be wasted reads.
-			_ = f.h.Network().ClosePeer(p.id)
-		}
-	case chunkAbsent:
-		// It announced the chunk and then did not have it: ask elsewhere,
-		// and not it again.
-		delete(p.asked, ev.index)
-		p.inflight--
-		f.unrequest(ev.index)
-		if p.have.Has(ev.index) {
-			p.have[ev.index/8] &^= 0x80 >> (ev.index % 8)
-			f.counted(p, ev.index, -1)
-		}
-	case chunkUnstored:
-		// Left in p.asked: batchDone returns it to pending.
-	case storeFailed:
-		return ev.err
-	case batchDone:
-		for _, i := range ev.indexes {
-			if p.asked[i] {
-				delete(p.asked, i)
-				p.inflight--
-				f.unrequest(i)
-			}
-		}
-		if ev.err != nil && !p.gone && ctx.Err() == nil {
-			p.failures++
-			p.window = max(f.floorWindow(p), p.window/2)
-			if p.failures >= f.cfg.MaxFailures {
-				f.drop(p, ev.err.Error())
-			}
-		}
-	}
-	return nil
-}
-
-// counted changes the count of usable peers having chunk i by d, as p
-// announces it, turns out not to have it, or is dropped.
-func (f *fetch) counted(p *fetchPeer, i, d int) {
-	f.avail[i] += d
-	if !p.costly {
-		f.cheapAvail[i] += d
-		if d > 0 {
-			f.cheapNews = time.Now()
-		}
-	}
-}
-
-// minWindow is the fewest chunks a peer's window allows in flight while
-// they arrive well within the stall timeout: enough to keep the peer busy
-// across the round trips between batches.
-const minWindow = 4
-
-// floorWindow is the fewest chunks p's window allows in flight: minWindow,
-// or fewer, down to one, for a peer so slow that minWindow chunks would take
-// more than a quarter of the stall timeout to arrive. A peer's request
-// streams share its connection, where one stream's chunks queue behind
-// another's; the stream behind would be cut off as stalled while the
-// connection is busy, and the bytes already sent for it fetched again. With
-// 25 nodes sharing a 1 Mbit/s link, each at 5 KB/s, a floor of 4 chunks lost
-// about half the batches that way and moved 2.2 copies per node.
-func (f *fetch) floorWindow(p *fetchPeer) int {
-	return min(minWindow, max(1, int(p.rate*f.cfg.StallTimeout.Seconds()/4/f.avgFrame())))
-}
-
-// countWire counts bytes received from p and updates its rate and window.
-func (f *fetch) countWire(p *fetchPeer, n int64) {
-	f.res.BytesFetched += n
-	f.framesReceived++
-	p.stats.WireBytes += n
-	p.sample += n
-	now := time.Now()
-	if p.sampleAt.IsZero() {
-		p.sampleAt = now
-		return
-	}
-	if el := now.Sub(p.sampleAt); el >= 50*time.Millisecond {
-		r := float64(p.sample) / el.Seconds()
-		if p.rate == 0 {
-			p.rate = r
-		} else {
-			p.rate = 0.7*p.rate + 0.3*r
-		}
-		p.sample, p.sampleAt = 0, now
-		w := int(p.rate * f.cfg.QueueTime.Seconds() / f.avgFrame())
-		p.window = min(f.cfg.MaxWindow, max(f.floorWindow(p), w))
-	}
-}
-
-// avgFrame is the mean bytes on the wire per chunk: of the frames received
-// so far, or before any, of the chunks uncompressed. Windows count chunks
-// and rates count wire bytes; dividing by the uncompressed size made every
-// window of a pack compressing 2:1 half as deep as meant.
-func (f *fetch) avgFrame() float64 {
-	if f.framesReceived > 0 {
-		return float64(f.res.BytesFetched) / float64(f.framesReceived)
-	}
-	return float64(f.bytesTotal) / float64(max(1, len(f.ids)))
-}
-
-// unrequest puts a chunk whose request failed back among the pending ones.
-func (f *fetch) unrequest(i int) {
-	if f.copies[i] > 0 {
-		f.copies[i]--
-	}
-	if f.state[i] == requested && f.copies[i] == 0 {
-		f.state[i] = missing
-		f.pendingPos[i] = len(f.pending)
-		f.pending = append(f.pending, i)
-	}
-}
-
-// take removes a chunk from pending and marks it requested.
-func (f *fetch) take(i int) {
-	pos := f.pendingPos[i]
-	last := f.pending[len(f.pending)-1]
-	f.pending[pos] = last
-	f.pendingPos[last] = pos
-	f.pending = f.pending[:len(f.pending)-1]
-	f.pendingPos[i] = -1
-	f.state[i] = requested
-}
-
-// drop stops using p: its streams end, its subscription closes and what it
-// had stops counting towards availability.
-func (f *fetch) drop(p *fetchPeer, why string) {
-	if p.gone {
-		return
-	}
-	p.gone = true
-	p.stats.Dropped = why
-	if p.cancel != nil {
-		p.cancel()
-	}
-	if p.have != nil {
-		for i := range f.ids {
-			if p.have.Has(i) {
-				f.counted(p, i, -1)
-			}
-		}
-	}
-	// Its batches report batchDone as they end; their chunks return to
-	// pending then.
-}
-
 // schedule gives every usable peer with room in its window a batch of the
 // rarest missing chunks it has, and in the endgame duplicates of chunks in
 // flight elsewhere.
 func (f *fetch) schedule() {
+	if f.hasCostly && f.share.owner != nil {
+		f.share.open = f.clock.Since(f.cheapNews) > f.cfg.ShareWait
+		for k, id := range f.cfg.Share {
+			o := f.peers[id]
+			f.share.gone[k] = o == nil || o.gone
+		}
+	}
 	for progress := true; progress; {
 		progress = false
 		for _, p := range f.order {
-			// A batch goes out once a whole batch fits, or, for a
-			// window smaller than two batches, once half the window is
-			// free: one half travels while the other is asked for, so a
-			// small window on a long link is not stop-and-wait.
-			window := p.window
-			if f.tail() && !p.costly {
-				window = 1
-			}
-			if p.gone || p.have == nil || window-p.inflight < min(f.cfg.BatchSize, f.remaining, max(1, window/2)) {
+			if p.gone || p.have == nil {
 				continue
 			}
-			batch := f.pickRarest(p, min(f.cfg.BatchSize, window-p.inflight))
-			// Endgame: the last batch's worth of chunks in flight is
-			// asked again of idle peers. Begun as soon as nothing was
-			// pending, with windows deep enough to hold most of a
-			// release, ten fetchers on one LAN each received up to 1.45
-			// copies.
-			if len(batch) == 0 && len(f.pending) == 0 && f.remaining <= f.cfg.BatchSize && !f.cfg.NoEndgame && !p.costly {
-				batch = f.pickEndgame(p, min(f.cfg.BatchSize, p.window-p.inflight))
-			}
-			if len(batch) == 0 {
+			n := f.room(p.window, p.inflight, p.costly)
+			if n == 0 {
 				continue
 			}
-			f.request(p, batch)
+			f.picks = f.pickRarest(f.picks, n, p.have, p.costly)
+			for _, i := range f.picks {
+				f.take(i)
+			}
+			if len(f.picks) == 0 && !f.cfg.NoEndgame && !p.costly && f.endgame() {
+				f.picks = f.pickEndgame(f.picks, min(f.batchSize, p.window-p.inflight), p.have, p.asked)
+			}
+			if len(f.picks) == 0 {
+				continue
+			}
+			f.request(p, slices.Clone(f.picks))
 			progress = true
 		}
 	}
 }
 
-// pickRarest chooses up to n pending chunks p has, the fewest peers having
-// them first, ties in rank order. A costly peer is only given chunks no other
-// usable peer has.
-func (f *fetch) pickRarest(p *fetchPeer, n int) []int {
-	if len(f.pending) == 0 {
-		return nil
-	}
-	less := func(a, b int) bool {
-		if f.avail[a] != f.avail[b] {
-			return f.avail[a] < f.avail[b]
-		}
-		return f.rank[a] < f.rank[b]
-	}
-	shareOpen := p.costly && (f.tail() || time.Since(f.cheapNews) > f.cfg.ShareWait)
-	best := make([]int, 0, n)
-	for _, i := range f.pending {
-		if !p.have.Has(i) || (p.costly && !f.costlyMay(i, shareOpen)) {
-			continue
-		}
-		if len(best) == n && !less(i, best[n-1]) {
-			continue
-		}
-		// Insert in order into the short list.
-		pos := sort.Search(len(best), func(j int) bool { return less(i, best[j]) })
-		if len(best) < n {
-			best = append(best, 0)
-		}
-		copy(best[pos+1:], best[pos:])
-		best[pos] = i
-	}
-	for _, i := range best {
-		f.take(i)
-	}
-	return best
-}
-
-// pickEndgame chooses up to n chunks in flight to other peers that p has,
-// least-duplicated first, so the slowest peers do not decide when the fetch
-// ends.
-func (f *fetch) pickEndgame(p *fetchPeer, n int) []int {
-	var picks []int
-	for i, st := range f.state {
-		if st == requested && f.copies[i] < 2 && !p.asked[i] && p.have.Has(i) {
-			picks = append(picks, i)
-			if len(picks) == n {
-				break
-			}
-		}
-	}
-	return picks
-}
-
-// request sends one batch to p in its own goroutine. Each chunk is handed to
-// a store writer as it arrives, so the stream goes on while earlier chunks are
-// verified and wait for the store to make them durable; the batch reports
-// done only after its writers have, so no chunk is both stored and asked
-// again.
-func (f *fetch) request(p *fetchPeer, batch []int) {
-	ids := make([]cid.Cid, len(batch))
-	for k, i := range batch {
+// request sends one batch to p in its own goroutine.
+func (f *fetch) request(p *fetchPeer, indexes []int) {
+	b := &batch{peer: p.id, indexes: indexes, results: make([]chunkResult, len(indexes))}
+	ids := make([]cid.Cid, len(indexes))
+	for k, i := range indexes {
 		ids[k] = f.ids[i]
 		f.copies[i]++
 		f.state[i] = requested
 		p.asked[i] = true
 	}
-	p.inflight += len(batch)
-	pctx := p.ctx
+	if n := int32(len(indexes)); p.owed.Add(n) == n {
+		p.busySince = f.sinceEpoch()
+	}
+	p.inflight += len(indexes)
+	pctx, rctx := p.ctx, p.reqCtx
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		var puts sync.WaitGroup
-		var bad atomic.Bool
-		answered := 0
-		err := f.client.GetChunks(pctx, p.id, ids, func(id cid.Cid, frame []byte) error {
-			i := batch[answered]
-			answered++
-			if bad.Load() {
-				return errBadChunk
-			}
-			if frame == nil {
-				f.events <- fetchEvent{peer: p.id, kind: chunkAbsent, index: i}
-				return nil
-			}
-			buf := frameBufs.Get().(*[]byte)
-			*buf = append((*buf)[:0], frame...)
-			select {
-			case f.writers <- struct{}{}:
-			case <-pctx.Done():
-				frameBufs.Put(buf)
-				return pctx.Err()
-			}
-			puts.Add(1)
-			go func() {
-				defer puts.Done()
-				ev := f.store(pctx, p.id, i, id, *buf)
-				<-f.writers
-				frameBufs.Put(buf)
-				if ev.kind == chunkRejected {
-					bad.Store(true)
-				}
-				f.events <- ev
-			}()
-			return nil
-		})
-		puts.Wait()
-		if bad.Load() && err == nil {
-			err = errBadChunk
-		}
-		f.events <- fetchEvent{peer: p.id, kind: batchDone, indexes: batch, err: err}
+		f.getBatch(pctx, rctx, p, b, ids)
 	}()
 }
 
-// store verifies and stores one chunk received from p.
-func (f *fetch) store(ctx context.Context, p peer.ID, i int, id cid.Cid, frame []byte) fetchEvent {
+// batch is one request stream to a peer. The events about its chunks point
+// into it, so that sending them allocates nothing.
+type batch struct {
+	peer      peer.ID
+	indexes   []int         // the chunks asked for, in request order
+	results   []chunkResult // what became of each chunk answered
+	err       error         // why the stream failed, if it did
+	cancelled bool          // the fetch cut the stream: the peer stalled or was dropped, or the fetch ended
+	puts      sync.WaitGroup
+	bad       atomic.Bool // a chunk failed verification
+}
+
+// chunkResult is what became of one chunk of a batch.
+type chunkResult struct {
+	b    *batch
+	i    int   // the chunk
+	wire int64 // frame bytes received
+	err  error
+}
+
+// getBatch runs b's request stream to p on rctx, and stores what it
+// receives on pctx, so that chunks already received are stored even if p
+// stalls. Each chunk is handed to a store writer as it arrives, so the
+// stream goes on while earlier chunks are verified and wait for the store to
+// make them durable; the batch reports done only after its writers have, so
+// no chunk is both stored and asked again. Of p, it uses only the id and the
+// fields the reading goroutines keep.
+func (f *fetch) getBatch(pctx, rctx context.Context, p *fetchPeer, b *batch, ids []cid.Cid) {
+	answered := 0
+	err := f.client.GetChunks(rctx, p.id, ids, func(id cid.Cid, frame []byte) error {
+		p.owed.Add(-1)
+		r := &b.results[answered]
+		r.b, r.i = b, b.indexes[answered]
+		answered++
+		if b.bad.Load() {
+			return errBadChunk
+		}
+		if frame == nil {
+			f.events <- chunkAbsent{r}
+			return nil
+		}
+		buf := frameBufs.Get().(*[]byte)
+		*buf = append((*buf)[:0], frame...)
+		if !f.awaitWriter(rctx, p) {
+			frameBufs.Put(buf)
+			return rctx.Err()
+		}
+		b.puts.Add(1)
+		go func() {
+			defer b.puts.Done()
+			ev := f.store(pctx, r, id, *buf)
+			<-f.writers
+			frameBufs.Put(buf)
+			f.events <- ev
+		}()
+		return nil
+	})
+	p.owed.Add(int32(answered - len(ids)))
+	b.puts.Wait()
+	if b.bad.Load() && err == nil {
+		err = errBadChunk
+	}
+	b.err, b.cancelled = err, err != nil && rctx.Err() != nil
+	f.events <- batchDone{b}
+}
+
+// awaitWriter takes a store writer's slot for a chunk received from p, and
+// reports false if rctx ends first. While it waits, p waits on the fetch, not
+// the fetch on p, so p's stall clock starts again once the wait is over.
+func (f *fetch) awaitWriter(rctx context.Context, p *fetchPeer) bool {
+	select {
+	case f.writers <- struct{}{}:
+		return true
+	default:
+	}
+	p.storeWaits.Add(1)
+	ok := true
+	select {
+	case f.writers <- struct{}{}:
+	case <-rctx.Done():
+		ok = false
+	}
+	p.heard.Store(int64(f.sinceEpoch()))
+	p.storeWaits.Add(-1)
+	return ok
+}
+
+// store verifies and stores one chunk of r's batch and returns the event
+// that says how it went.
+func (f *fetch) store(ctx context.Context, r *chunkResult, id cid.Cid, frame []byte) fetchEvent {
 	var err error
 	if f.cfg.Content != nil {
 		err = f.s.(store.ContentFramePutter).PutFrameContent(ctx, id, frame, f.cfg.Content)
@@ -924,15 +725,19 @@ func (f *fetch) store(ctx context.Context, p peer.ID, i int, id cid.Cid, frame [
 	switch {
 	case err == nil:
 		f.cfg.Notifier.Stored(id)
-		return fetchEvent{peer: p, kind: chunkStored, index: i, wire: int64(len(frame))}
+		r.wire = int64(len(frame))
+		return chunkStored{r}
 	case errors.Is(err, store.ErrMismatch), errors.Is(err, store.ErrCorrupt):
-		return fetchEvent{peer: p, kind: chunkRejected, index: i, wire: int64(len(frame)), err: err}
+		r.b.bad.Store(true)
+		r.wire, r.err = int64(len(frame)), err
+		return chunkRejected{r}
 	case ctx.Err() != nil:
 		// The peer was dropped or the fetch ended: the chunk goes back
 		// to pending with the rest of the batch.
-		return fetchEvent{peer: p, kind: chunkUnstored, index: i}
+		return chunkUnstored{r}
 	default:
 		// The store itself failed (a full disk, say): no peer can help.
-		return fetchEvent{peer: p, kind: storeFailed, index: i, err: fmt.Errorf("store chunk %s: %w", id, err)}
+		r.err = fmt.Errorf("store chunk %s: %w", id, err)
+		return storeFailed{r}
 	}
 }

@@ -7,11 +7,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/filecoin-project/go-clock"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -205,11 +207,22 @@ func TestLyingPeerIsBannedAndTheFetchCompletes(t *testing.T) {
 }
 
 // staller serves a few chunks, then holds every request open without an
-// answer, as a peer with a dead disk or a wedged process would.
+// answer, as a peer with a dead disk or a wedged process would. stalled is
+// closed when it first holds a request.
 type staller struct {
 	store.FrameGetter
-	mu     sync.Mutex
-	served int
+	stalled chan struct{}
+	mu      sync.Mutex
+	served  int
+}
+
+// newStaller returns a staller over fg and its frames for newSwarmNode.
+func newStaller() (*staller, func(store.FrameGetter) store.FrameGetter) {
+	s := &staller{stalled: make(chan struct{})}
+	return s, func(fg store.FrameGetter) store.FrameGetter {
+		s.FrameGetter = fg
+		return s
+	}
 }
 
 func (s *staller) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
@@ -218,27 +231,93 @@ func (s *staller) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
 	n := s.served
 	s.mu.Unlock()
 	if n > 3 {
+		if n == 4 {
+			close(s.stalled)
+		}
 		<-ctx.Done()
 		return nil, ctx.Err()
 	}
 	return s.FrameGetter.GetFrame(ctx, id)
 }
 
+// fetchEnd is how a fetch ended.
+type fetchEnd struct {
+	res *FetchResult
+	err error
+}
+
+// fetchInBackground starts n's fetch and returns where its end is delivered.
+func (n *swarmNode) fetchInBackground(ctx context.Context, m *manifest.Manifest, id cid.Cid, peers []peer.ID, cfg FetchConfig) <-chan fetchEnd {
+	end := make(chan fetchEnd, 1)
+	go func() {
+		res, err := n.fetch(ctx, m, id, peers, cfg)
+		end <- fetchEnd{res, err}
+	}()
+	return end
+}
+
+// await returns what ch delivers, or fails the test if ctx ends first.
+func await[T any](ctx context.Context, t *testing.T, what string, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-ctx.Done():
+		t.Fatalf("waiting for %s: %v", what, ctx.Err())
+		panic("unreachable")
+	}
+}
+
+// progressAt returns a Progress func and a channel it closes once at least
+// done chunks are stored.
+func progressAt(done int) (func(FetchProgress), <-chan struct{}) {
+	reached := make(chan struct{})
+	closed := false
+	return func(p FetchProgress) {
+		if p.ChunksDone >= done && !closed {
+			closed = true
+			close(reached)
+		}
+	}, reached
+}
+
 func TestStallingPeerIsTakenOver(t *testing.T) {
 	m, id, chunks := testRelease(t, 4<<20, 3)
-	stalling := newSwarmNode(t, m, id, func(fg store.FrameGetter) store.FrameGetter { return &staller{FrameGetter: fg} })
+	st, frames := newStaller()
+	stalling := newSwarmNode(t, m, id, frames)
 	putChunks(t, stalling.s, chunks)
 	honest := newSwarmNode(t, m, id, nil)
 	putChunks(t, honest.s, chunks)
 	f := newSwarmNode(t, m, id, nil)
-	cfg := FetchConfig{StallTimeout: 300 * time.Millisecond, MaxFailures: 1}
-	res, err := f.fetch(testContext(t), m, id, f.know(stalling, honest), cfg)
-	if err != nil {
-		t.Fatal(err)
+	total := len(m.ChunkIDs())
+	clk := clock.NewMock()
+	// One chunk at a time from each peer and no endgame: once the staller
+	// holds a request, it holds the one chunk missing, and only stall
+	// detection can hand that chunk to the honest peer.
+	cfg := FetchConfig{StallTimeout: 300 * time.Millisecond, MaxFailures: 1, InitialWindow: 1, MaxWindow: 1, NoEndgame: true, Clock: clk}
+	var allButOne <-chan struct{}
+	cfg.Progress, allButOne = progressAt(total - 1)
+	ctx := testContext(t)
+	ended := f.fetchInBackground(ctx, m, id, f.know(stalling, honest), cfg)
+	var end fetchEnd
+	select {
+	case <-st.stalled:
+		await(ctx, t, "every chunk but the staller's", allButOne)
+		clk.Add(cfg.StallTimeout)
+		end = await(ctx, t, "the fetch", ended)
+		if ss := end.res.Peers[stalling.h.ID()]; !strings.Contains(ss.Dropped, "stalled") {
+			t.Errorf("staller: %+v, want dropped as stalled", ss)
+		}
+	case end = <-ended: // the staller was asked for 3 chunks at most
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	if end.err != nil {
+		t.Fatal(end.err)
 	}
 	requireComplete(t, f.s, m)
-	if n := res.Peers[honest.h.ID()].Chunks; n < len(m.ChunkIDs())-3 {
-		t.Errorf("the honest peer sent %d of %d chunks; the staller answers only 3", n, len(m.ChunkIDs()))
+	if n := end.res.Peers[honest.h.ID()].Chunks; n < total-3 {
+		t.Errorf("the honest peer sent %d of %d chunks; the staller answers only 3", n, total)
 	}
 }
 
@@ -293,21 +372,87 @@ func TestTheLastBatchGoesToTheCostlyPeerRatherThanQueueAtASlowCheapOne(t *testin
 	}
 }
 
+func TestTheUpstreamIsAskedForASilentSiblingsPartOnlyAfterShareWait(t *testing.T) {
+	m, id, chunks := testRelease(t, 2<<20, 9)
+	origin := newSwarmNode(t, m, id, nil)
+	putChunks(t, origin.s, chunks)
+	sibling := newSwarmNode(t, m, id, nil) // holds nothing and announces nothing
+	f := newSwarmNode(t, m, id, nil)
+	// The chunks sorted by CID: this fetch's part is the first half, with
+	// the middle chunk of an odd count.
+	ids := m.ChunkIDs()
+	sorted := slices.Clone(ids)
+	slices.SortFunc(sorted, func(a, b cid.Cid) int { return strings.Compare(a.KeyString(), b.KeyString()) })
+	mine, theirs := sorted[:(len(sorted)+1)/2], sorted[(len(sorted)+1)/2:]
+	clk := clock.NewMock()
+	start := clk.Now()
+	cfg := FetchConfig{
+		Costly:    func(p peer.ID) bool { return p == origin.h.ID() },
+		Share:     []peer.ID{f.h.ID(), sibling.h.ID()},
+		ShareWait: time.Second,
+		NoEndgame: true,
+		// Small batches, so that the sibling's part is not the last
+		// batch, which the upstream may serve whole.
+		BatchSize: 4,
+		Clock:     clk,
+	}
+	if len(theirs) <= cfg.BatchSize {
+		t.Fatalf("the sibling's part is %d chunks, within the last batch", len(theirs))
+	}
+	ownPart := make(chan struct{})
+	early := 0 // chunks beyond this fetch's part stored before ShareWait
+	cfg.Progress = func(p FetchProgress) {
+		if p.ChunksDone == len(mine) {
+			close(ownPart)
+		}
+		if p.ChunksDone > len(mine) && clk.Since(start) < cfg.ShareWait {
+			early++
+		}
+	}
+	ctx := testContext(t)
+	ended := f.fetchInBackground(ctx, m, id, f.know(origin, sibling), cfg)
+	await(ctx, t, "this fetch's part", ownPart)
+	for _, c := range mine {
+		if ok, err := f.s.Has(ctx, c); err != nil || !ok {
+			t.Fatalf("chunk %s of this fetch's part: stored %v (%v) once its part is done", c, ok, err)
+		}
+	}
+	clk.Add(2 * cfg.ShareWait)
+	end := await(ctx, t, "the fetch", ended)
+	if end.err != nil {
+		t.Fatal(end.err)
+	}
+	requireComplete(t, f.s, m)
+	if early != 0 {
+		t.Errorf("%d chunks of the sibling's part fetched before ShareWait passed", early)
+	}
+	if n := end.res.Peers[origin.h.ID()].Chunks; n != len(ids) {
+		t.Errorf("the upstream sent %d of %d chunks", n, len(ids))
+	}
+}
+
 func TestStallingPeerIsTimedOut(t *testing.T) {
 	m, id, chunks := testRelease(t, 4<<20, 3)
-	stalling := newSwarmNode(t, m, id, func(fg store.FrameGetter) store.FrameGetter { return &staller{FrameGetter: fg} })
+	_, frames := newStaller()
+	stalling := newSwarmNode(t, m, id, frames)
 	putChunks(t, stalling.s, chunks)
 	f := newSwarmNode(t, m, id, nil)
-	cfg := FetchConfig{StallTimeout: 300 * time.Millisecond, MaxFailures: 1}
-	start := time.Now()
-	res, err := f.fetch(testContext(t), m, id, f.know(stalling), cfg)
-	if !errors.Is(err, ErrNoSource) {
-		t.Fatalf("fetch from a staller alone: %v, want ErrNoSource", err)
+	clk := clock.NewMock()
+	cfg := FetchConfig{StallTimeout: 300 * time.Millisecond, MaxFailures: 1, Clock: clk}
+	var three <-chan struct{}
+	cfg.Progress, three = progressAt(3)
+	ctx := testContext(t)
+	ended := f.fetchInBackground(ctx, m, id, f.know(stalling), cfg)
+	await(ctx, t, "the staller's 3 chunks", three)
+	clk.Add(cfg.StallTimeout)
+	end := await(ctx, t, "the fetch", ended)
+	if !errors.Is(end.err, ErrNoSource) {
+		t.Fatalf("fetch from a staller alone: %v, want ErrNoSource", end.err)
 	}
-	if st := res.Peers[stalling.h.ID()]; st.Dropped == "" || st.Banned || st.Chunks != 3 {
+	if st := end.res.Peers[stalling.h.ID()]; st.Dropped == "" || st.Banned || st.Chunks != 3 {
 		t.Errorf("staller: %+v, want dropped after 3 chunks, not banned", st)
 	}
-	t.Logf("gave up after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	t.Logf("gave up: %v", end.err)
 }
 
 func TestFetchResumesFromStoredChunks(t *testing.T) {
@@ -378,12 +523,27 @@ func TestFetchFailsWhenNoPeerHasTheChunks(t *testing.T) {
 	m, id, chunks := testRelease(t, 2<<20, 5)
 	partial := newSwarmNode(t, m, id, nil)
 	putChunks(t, partial.s, chunks[:len(chunks)/2])
-	f := newSwarmNode(t, m, id, nil)
-	_, err := f.fetch(testContext(t), m, id, f.know(partial), FetchConfig{IdleTimeout: 300 * time.Millisecond})
-	if !errors.Is(err, ErrNoSource) {
-		t.Fatalf("fetch: %v, want ErrNoSource", err)
+	held := map[cid.Cid]bool{}
+	for _, b := range chunks[:len(chunks)/2] {
+		held[manifest.ChunkID(b)] = true
 	}
-	_, err = f.fetch(testContext(t), m, id, nil, FetchConfig{})
+	f := newSwarmNode(t, m, id, nil)
+	clk := clock.NewMock()
+	cfg := FetchConfig{IdleTimeout: 300 * time.Millisecond, Clock: clk}
+	var gotHeld <-chan struct{}
+	cfg.Progress, gotHeld = progressAt(len(held))
+	ctx := testContext(t)
+	ended := f.fetchInBackground(ctx, m, id, f.know(partial), cfg)
+	await(ctx, t, "the chunks the peer has", gotHeld)
+	clk.Add(2 * cfg.IdleTimeout)
+	end := await(ctx, t, "the fetch", ended)
+	if !errors.Is(end.err, ErrNoSource) {
+		t.Fatalf("fetch: %v, want ErrNoSource", end.err)
+	}
+	if end.res.ChunksFetched != len(held) {
+		t.Errorf("fetched %d chunks, want the %d the peer has", end.res.ChunksFetched, len(held))
+	}
+	_, err := f.fetch(testContext(t), m, id, nil, FetchConfig{})
 	if !errors.Is(err, ErrNoSource) {
 		t.Fatalf("fetch without peers: %v, want ErrNoSource", err)
 	}
