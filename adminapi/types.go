@@ -91,20 +91,28 @@ type Unenrolled struct {
 
 // ReleaseStatus is one release of the fleet view.
 type ReleaseStatus struct {
-	Name  string       `json:"name"`
-	Sites []SiteCounts `json:"sites"`
+	Name string `json:"name"`
+	// Withdrawn: deployed nowhere any more; the sites count the nodes
+	// that had it (Uninstall: its uninstall command runs where it was
+	// installed).
+	Withdrawn bool         `json:"withdrawn,omitempty"`
+	Uninstall bool         `json:"uninstall,omitempty"`
+	Sites     []SiteCounts `json:"sites"`
 }
 
 // SiteCounts is one release in one site. Only nodes count: proxies and the
 // origin cache and serve, never install.
 type SiteCounts struct {
-	Site       string         `json:"site"`
-	Nodes      int            `json:"nodes"`      // targeted by a deployment
-	Replicated int            `json:"replicated"` // of those, holding every chunk
-	Installed  int            `json:"installed"`  // installed, or installed until a restart
-	States     map[string]int `json:"states"`     // every targeted node's state
-	Failed     []NodeReason   `json:"failed"`     // failed or refused
-	Blocked    []NodeReason   `json:"blocked,omitempty"`
+	Site       string `json:"site"`
+	Nodes      int    `json:"nodes"`      // targeted by a deployment
+	Replicated int    `json:"replicated"` // of those, holding every chunk
+	Installed  int    `json:"installed"`  // installed, or installed until a restart
+	// Uninstalled counts the nodes where a withdrawn release was
+	// uninstalled.
+	Uninstalled int            `json:"uninstalled,omitempty"`
+	States      map[string]int `json:"states"` // every targeted node's state
+	Failed      []NodeReason   `json:"failed"` // failed or refused
+	Blocked     []NodeReason   `json:"blocked,omitempty"`
 	// Downloading is the progress of the nodes still downloading.
 	Downloading []NodeProgress `json:"downloading,omitempty"`
 	// Offline lists the targeted nodes their proxy has not heard from for

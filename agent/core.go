@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -16,7 +15,6 @@ import (
 	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/fleet"
 	"github.com/patchctl/patchctl/manifest"
-	"github.com/patchctl/patchctl/p2p"
 )
 
 // core is what every role shares: the swarm peer, the state database, the
@@ -405,35 +403,54 @@ func (c *core) envelopeFor(ctx context.Context, e manifest.IndexEntry, peers []p
 type workers struct {
 	c        *core
 	mu       sync.Mutex
-	working  map[string]bool
-	attempts map[string]int // failures in a row, by release name
+	working  map[string]context.CancelFunc // stops the work on a release
+	attempts map[string]int                // failures in a row, by release name
 }
 
 func newWorkers(c *core) *workers {
-	return &workers{c: c, working: map[string]bool{}, attempts: map[string]int{}}
+	return &workers{c: c, working: map[string]context.CancelFunc{}, attempts: map[string]int{}}
 }
 
 // busy reports whether release name is being worked on.
 func (w *workers) busy(name string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.working[name]
+	return w.working[name] != nil
+}
+
+// stop ends the work on release name, if any runs: its context ends.
+func (w *workers) stop(name string) {
+	w.mu.Lock()
+	cancel := w.working[name]
+	w.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 }
 
 // start runs fn, the work on release name, unless it is running already.
-// When fn fails (and the agent is not stopping), failed is told the error
-// and the backoff, and again runs after the backoff.
+// When fn fails (and neither the agent stops nor the work was stopped),
+// failed is told the error and the backoff, and again runs after the
+// backoff.
 func (w *workers) start(name string, fn func(ctx context.Context) error, failed func(err error, backoff time.Duration), again func(ctx context.Context)) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.working[name] {
+	if w.working[name] != nil {
 		return
 	}
-	started := w.c.tasks.Go(func(ctx context.Context) {
+	// stopped ends the work's context when stop is called.
+	stopped, stopWork := context.WithCancel(context.Background())
+	started := w.c.tasks.Go(func(agentCtx context.Context) {
+		ctx, cancel := context.WithCancel(agentCtx)
+		unhook := context.AfterFunc(stopped, cancel)
 		err := fn(ctx)
+		ended := ctx.Err() != nil // the agent stops, or the work was stopped
+		unhook()
+		cancel()
+		stopWork()
 		w.mu.Lock()
 		delete(w.working, name)
-		if err == nil || ctx.Err() != nil {
+		if err == nil || ended {
 			delete(w.attempts, name)
 			w.mu.Unlock()
 			return
@@ -445,12 +462,11 @@ func (w *workers) start(name string, fn func(ctx context.Context) error, failed 
 		w.c.after(backoff, again)
 	})
 	if started {
-		w.working[name] = true
+		w.working[name] = stopWork
+	} else {
+		stopWork()
 	}
 }
-
-// errStopping is returned by work cut short because the agent stops.
-var errStopping = errors.New("the agent is stopping")
 
 // pinsOf returns the releases pinned in the agent's store.
 func (c *core) pinsOf(ctx context.Context) (map[string]bool, error) {
@@ -464,6 +480,3 @@ func (c *core) pinsOf(ctx context.Context) (map[string]bool, error) {
 	}
 	return out, nil
 }
-
-// p2pClient returns the agent's client of the content protocols.
-func (c *core) p2pClient() *p2p.Client { return c.peer.client }

@@ -110,6 +110,44 @@ func (in *installer) install(ctx context.Context, m *manifest.Manifest, id cid.C
 	return rec, nil
 }
 
+// uninstall runs m's signed uninstall command in its directory, as
+// install runs its install command (same lock, process group, environment
+// and log), then removes its files and moves its record to retired, marked
+// uninstalled. A release without an uninstall command is only removed.
+func (in *installer) uninstall(ctx context.Context, m *manifest.Manifest, waiting func(reason string)) (InstallRecord, error) {
+	var cmds []installCommand
+	if len(m.Install.Uninstall) > 0 {
+		if !in.conf.AllowReleaseCommands {
+			return InstallRecord{}, fmt.Errorf("the release carries an uninstall command (%s); start the agent with --allow-release-commands to run it", strings.Join(m.Install.Uninstall, " "))
+		}
+		cmds = append(cmds, installCommand{"the release's uninstall command", shellJoin(m.Install.Uninstall)})
+	}
+	lock, err := in.lockHooks(ctx, m.Name, waiting)
+	if err != nil {
+		return InstallRecord{}, err
+	}
+	defer lock.Close()
+	dir := filepath.Join(in.dir, installedDir, m.Name)
+	logPath := ""
+	if len(cmds) > 0 {
+		if logPath, err = in.runCommands(ctx, lock, m, dir, cmds); err != nil {
+			return InstallRecord{}, err
+		}
+	}
+	rec, err := in.db.uninstalled(m.Name, in.clock.Now().UTC(), logPath)
+	if err != nil {
+		return InstallRecord{}, err
+	}
+	if err := in.moveMarker(m.Name); err != nil {
+		in.log.Warn("agent: move install record", "release", m.Name, "err", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		in.log.Warn("agent: remove an uninstalled release's files", "release", m.Name, "err", err)
+	}
+	in.log.Info("agent: release uninstalled", "release", m.Name)
+	return rec, nil
+}
+
 // commands returns what to run for m, each through /bin/sh -c: the
 // release's own signed command if the node allows release commands, then
 // the node's install hook. A release that carries a command the node does

@@ -132,7 +132,11 @@ func (n *node) load() error {
 	}
 	for _, rec := range ret {
 		// Its chunks stay stored until they are collected.
-		n.releases[rec.Name] = &nodeRelease{status: fleet.DeploymentStatus{Release: rec.Name, CID: rec.CID, State: lifecycle.Retired, Reason: "retired by " + rec.RetiredBy, Have: true}}
+		st := fleet.DeploymentStatus{Release: rec.Name, CID: rec.CID, State: lifecycle.Retired, Reason: "retired by " + rec.RetiredBy, Have: true}
+		if !rec.UninstalledAt.IsZero() {
+			st.State, st.Reason = lifecycle.Uninstalled, "withdrawn; its uninstall command ran at "+rec.UninstalledAt.Format(time.RFC3339)
+		}
+		n.releases[rec.Name] = &nodeRelease{status: st}
 	}
 	return n.db.each(bucketReleases, func(name string, v []byte) error {
 		var prog releaseProgress
@@ -271,12 +275,21 @@ func (n *node) reconcile(context.Context) {
 		return
 	}
 	for _, e := range ix.Releases {
+		if e.Withdrawn {
+			n.withdraw(e)
+			continue
+		}
 		p := lifecycle.PlanFor(ix, e, n.facts)
 		if !p.Targeted {
 			continue
 		}
 		n.mu.Lock()
-		state := n.release(e.Name).status.State
+		r := n.release(e.Name)
+		if r.status.State == lifecycle.Withdrawn {
+			// Deployed again since it was withdrawn.
+			r.status.State, r.status.Reason = lifecycle.Pending, ""
+		}
+		state := r.status.State
 		n.mu.Unlock()
 		// A release downloaded and waiting for a window or an operator
 		// stays parked until one of them says go.
@@ -292,6 +305,66 @@ func (n *node) reconcile(context.Context) {
 				n.mu.Unlock()
 			}, n.reconcile)
 	}
+}
+
+// withdraw acts on a release withdrawn from the index: one this node has
+// not installed stops where it is (an install under way finishes first);
+// one it installed stays so, unless the withdrawal asks for its uninstall
+// command to run.
+func (n *node) withdraw(e manifest.IndexEntry) {
+	n.mu.Lock()
+	r, known := n.releases[e.Name]
+	state := ""
+	if known {
+		state = r.status.State
+	}
+	n.mu.Unlock()
+	var rec InstallRecord
+	installed, err := n.db.get(bucketInstalled, e.Name, &rec)
+	if err != nil {
+		n.log.Error("agent: read install record", "release", e.Name, "err", err)
+		return
+	}
+	switch {
+	case !known, state == lifecycle.Withdrawn, state == lifecycle.Uninstalled, state == lifecycle.Retired, state == lifecycle.Refused:
+	case state == lifecycle.Installing:
+		// It finishes; the next reconcile finds it installed.
+	case installed:
+		// A failed uninstall waits, as a failed install does, for an
+		// operator's retry.
+		if e.Uninstall && rec.CID == e.CID && state != lifecycle.Failed {
+			n.work.start(e.Name, func(ctx context.Context) error { return n.uninstall(ctx, e) },
+				func(err error, backoff time.Duration) {
+					n.log.Warn("agent: uninstall failed; retrying", "release", e.Name, "in", backoff, "err", err)
+				}, n.reconcile)
+		}
+	default:
+		n.work.stop(e.Name)
+		n.setLife(e.Name, lifecycle.Withdrawn, "withdrawn from the index")
+	}
+}
+
+// uninstall runs the uninstall command of an installed release that was
+// withdrawn with uninstall, removes its files and keeps the record, moved
+// to retired and marked uninstalled. A command that fails leaves the
+// release failed, with its reason, until an operator orders a retry.
+func (n *node) uninstall(ctx context.Context, e manifest.IndexEntry) error {
+	r, err := n.peer.Catalog.Get(e.Name)
+	if err != nil {
+		return err
+	}
+	n.installMu.Lock()
+	defer n.installMu.Unlock()
+	rec, err := n.installer.uninstall(ctx, r.Manifest, func(reason string) { n.setLife(e.Name, lifecycle.Installed, reason) })
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		n.setLife(e.Name, lifecycle.Failed, "uninstall: "+err.Error())
+		return nil
+	}
+	n.setLife(e.Name, lifecycle.Uninstalled, "withdrawn; its uninstall command ran at "+rec.UninstalledAt.Format(time.RFC3339))
+	return nil
 }
 
 // runRelease takes one release deployed to this node as far as it can go

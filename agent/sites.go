@@ -164,10 +164,10 @@ func fleetStatus(ix *manifest.Index, sites []fleet.SiteStatus, release string, n
 	out.IndexVersion, out.IndexExpires = ix.Version, ix.Expires
 	out.Warnings = expiryWarnings(ix, now)
 	for _, e := range entries {
-		rs := adminapi.ReleaseStatus{Name: e.Name, Sites: []adminapi.SiteCounts{}}
+		rs := adminapi.ReleaseStatus{Name: e.Name, Withdrawn: e.Withdrawn, Uninstall: e.Uninstall, Sites: []adminapi.SiteCounts{}}
 		for _, s := range sites {
 			c := countSite(ix, e, s)
-			if c.Nodes > 0 || lifecycle.DeployedToSite(ix, e, s.Site) {
+			if c.Nodes > 0 || (!e.Withdrawn && lifecycle.DeployedToSite(ix, e, s.Site)) {
 				rs.Sites = append(rs.Sites, c)
 			}
 		}
@@ -176,19 +176,24 @@ func fleetStatus(ix *manifest.Index, sites []fleet.SiteStatus, release string, n
 	return out, nil
 }
 
-// countSite counts the nodes of s that e's deployments target, by state.
+// countSite counts the nodes of s that e's deployments target, by state; for
+// a withdrawn release, the nodes that had it.
 func countSite(ix *manifest.Index, e manifest.IndexEntry, s fleet.SiteStatus) adminapi.SiteCounts {
 	c := adminapi.SiteCounts{Site: s.Site, States: map[string]int{}, Failed: []adminapi.NodeReason{}, ProxyReplicated: slices.Contains(s.Replicated, e.Name)}
 	for _, node := range s.Nodes {
-		f := lifecycle.NodeFacts{Site: s.Site, Target: node.Target, Node: node.ID, Labels: node.Labels}
-		if !lifecycle.PlanFor(ix, e, f).Targeted {
-			continue
-		}
 		ds := fleet.DeploymentStatus{Release: e.Name, State: lifecycle.Pending}
+		reported := false
 		for _, d := range node.Deployments {
 			if d.Release == e.Name {
-				ds = d
+				ds, reported = d, true
 			}
+		}
+		f := lifecycle.NodeFacts{Site: s.Site, Target: node.Target, Node: node.ID, Labels: node.Labels}
+		if e.Withdrawn && (!reported || ds.State == lifecycle.Pending) {
+			continue
+		}
+		if !e.Withdrawn && !lifecycle.PlanFor(ix, e, f).Targeted {
+			continue
 		}
 		c.Nodes++
 		c.States[ds.State]++
@@ -201,6 +206,8 @@ func countSite(ix *manifest.Index, e manifest.IndexEntry, s fleet.SiteStatus) ad
 		switch ds.State {
 		case lifecycle.Installed, lifecycle.RestartRequired:
 			c.Installed++
+		case lifecycle.Uninstalled:
+			c.Uninstalled++
 		case lifecycle.Failed, lifecycle.Refused:
 			c.Failed = append(c.Failed, adminapi.NodeReason{Node: node.ID, State: ds.State, Reason: ds.Reason})
 		case lifecycle.Blocked:

@@ -46,6 +46,10 @@ type InstallRecord struct {
 	BootID          string    `json:"boot_id,omitempty"`
 	RetiredAt       time.Time `json:"retired_at,omitzero"`
 	RetiredBy       string    `json:"retired_by,omitempty"`
+	// UninstalledAt: the release was withdrawn and its uninstall command
+	// ran then; the record moved to retired.
+	UninstalledAt time.Time `json:"uninstalled_at,omitzero"`
+	UninstallLog  string    `json:"uninstall_log,omitempty"`
 }
 
 // releaseProgress is a node's lasting state of one release.
@@ -153,6 +157,32 @@ func (s *stateDB) retire(names []string, by string, at time.Time) ([]InstallReco
 		return nil
 	})
 	return moved, err
+}
+
+// uninstalled moves the install record of name to the retired bucket,
+// marked uninstalled at at with the command's log, in one transaction.
+func (s *stateDB) uninstalled(name string, at time.Time, log string) (InstallRecord, error) {
+	var rec InstallRecord
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		inst, ret := tx.Bucket(bucketInstalled), tx.Bucket(bucketRetired)
+		raw := inst.Get([]byte(name))
+		if raw == nil {
+			return fmt.Errorf("no install record of %s", name)
+		}
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return err
+		}
+		rec.UninstalledAt, rec.UninstallLog, rec.RetiredAt, rec.RetiredBy, rec.RestartRequired = at, log, at, "withdrawn (uninstalled)", false
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		if err := ret.Put([]byte(name), b); err != nil {
+			return err
+		}
+		return inst.Delete([]byte(name))
+	})
+	return rec, err
 }
 
 // records returns the install records of bucket.

@@ -6,6 +6,8 @@ package lifecycle
 //	                        ↘ blocked (a prerequisite is missing; waits, downloaded)
 //	refused (never on this node: wrong target or release line)
 //	retired (was installed; a newer service pack replaced it)
+//	withdrawn (withdrawn from the index before it was installed here)
+//	uninstalled (was installed; withdrawn, and its uninstall command ran)
 //
 // Download errors are retried by the agent with a backoff; install failures
 // stay failed, with the reason, until an operator orders a retry: a hook that
@@ -21,12 +23,14 @@ const (
 	Refused         = "refused"          // never on this node; the reason says why
 	RestartRequired = "restart-required" // installed; takes effect when the machine restarts
 	Retired         = "retired"          // was installed; a newer service pack replaced it
+	Withdrawn       = "withdrawn"        // withdrawn from the index before it was installed here
+	Uninstalled     = "uninstalled"      // was installed; withdrawn, and its uninstall command ran
 )
 
 var states = map[string]bool{
 	Pending: true, Downloading: true, Downloaded: true, Installing: true,
 	Installed: true, Failed: true, Blocked: true, Refused: true,
-	RestartRequired: true, Retired: true,
+	RestartRequired: true, Retired: true, Withdrawn: true, Uninstalled: true,
 }
 
 // ValidState reports whether s names a state of this lifecycle.
@@ -40,7 +44,7 @@ func InEffect(s string) bool { return s == Installed || s == RestartRequired }
 // (which waits for an operator's retry).
 func Settled(s string) bool {
 	switch s {
-	case Installed, RestartRequired, Retired, Refused, Failed:
+	case Installed, RestartRequired, Retired, Refused, Failed, Withdrawn, Uninstalled:
 		return true
 	}
 	return false

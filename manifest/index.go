@@ -90,6 +90,13 @@ type IndexEntry struct {
 	// Sites, if not empty, are the only sites the release is meant for;
 	// empty means every site.
 	Sites []string `json:"sites,omitempty"`
+	// Withdrawn: the release is deployed nowhere any more, and nodes that
+	// have not installed it stop; it stays listed so that every node and
+	// status hear of it.
+	Withdrawn bool `json:"withdrawn,omitempty"`
+	// Uninstall: nodes that installed the withdrawn release run its signed
+	// uninstall command.
+	Uninstall bool `json:"uninstall,omitempty"`
 }
 
 // ForSite reports whether the release is meant for site.
@@ -165,10 +172,20 @@ func (ix *Index) Validate() error {
 	if len(ix.Deployments) > MaxIndexEntries {
 		return fmt.Errorf("index version %d: %d deployments, more than %d: %w", ix.Version, len(ix.Deployments), MaxIndexEntries, ErrTooLarge)
 	}
+	withdrawn := make(map[string]bool)
+	for _, r := range ix.Releases {
+		if r.Uninstall && !r.Withdrawn {
+			return fmt.Errorf("index version %d: release %s: uninstall without withdrawal: %w", ix.Version, r.Name, ErrInvalid)
+		}
+		withdrawn[r.Name] = r.Withdrawn
+	}
 	deployed := make(map[Deployment]bool, len(ix.Deployments))
 	for i, d := range ix.Deployments {
 		if !seen[strings.ToLower(d.Release)] {
 			return fmt.Errorf("index version %d: deployment %d: release %q is not in the index: %w", ix.Version, i+1, d.Release, ErrInvalid)
+		}
+		if withdrawn[d.Release] {
+			return fmt.Errorf("index version %d: deployment %d: release %s is withdrawn: %w", ix.Version, i+1, d.Release, ErrInvalid)
 		}
 		if d.Mode != ModeAssigned && d.Mode != ModeAvailable {
 			return fmt.Errorf("index version %d: deployment %d of %s: mode %q, want %s or %s: %w", ix.Version, i+1, d.Release, d.Mode, ModeAssigned, ModeAvailable, ErrInvalid)

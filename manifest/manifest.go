@@ -94,6 +94,9 @@ type Install struct {
 	// argument vector; empty means the release only needs extracting.
 	Hook            []string `json:"hook,omitempty"`
 	RestartRequired bool     `json:"restart_required,omitempty"`
+	// Uninstall is the command that takes the release off a node again,
+	// run in its directory when the release is withdrawn with uninstall.
+	Uninstall []string `json:"uninstall,omitempty"`
 }
 
 // TotalSize is the sum of all file sizes.
@@ -245,20 +248,25 @@ func (m *Manifest) Validate() error {
 			}
 		}
 	}
-	if len(m.Install.Hook) > 0 && m.Install.Hook[0] == "" {
-		return fmt.Errorf("manifest %s: install hook has an empty command: %w", m.Name, ErrInvalid)
-	}
-	// Every argument counts one byte more than its length, so that a hook
-	// of many empty arguments is bounded too.
-	hookLen := 0
-	for _, a := range m.Install.Hook {
-		if !utf8.ValidString(a) {
-			return fmt.Errorf("manifest %s: install hook argument %q is not valid UTF-8: %w", m.Name, a, ErrInvalid)
+	for _, cmd := range []struct {
+		what string
+		argv []string
+	}{{"install hook", m.Install.Hook}, {"uninstall command", m.Install.Uninstall}} {
+		if len(cmd.argv) > 0 && cmd.argv[0] == "" {
+			return fmt.Errorf("manifest %s: %s has an empty command: %w", m.Name, cmd.what, ErrInvalid)
 		}
-		hookLen += len(a) + 1
-	}
-	if hookLen > maxHookLen {
-		return fmt.Errorf("manifest %s: install hook is longer than %d bytes: %w", m.Name, maxHookLen, ErrTooLarge)
+		// Every argument counts one byte more than its length, so that a
+		// command of many empty arguments is bounded too.
+		n := 0
+		for _, a := range cmd.argv {
+			if !utf8.ValidString(a) {
+				return fmt.Errorf("manifest %s: %s argument %q is not valid UTF-8: %w", m.Name, cmd.what, a, ErrInvalid)
+			}
+			n += len(a) + 1
+		}
+		if n > maxHookLen {
+			return fmt.Errorf("manifest %s: %s is longer than %d bytes: %w", m.Name, cmd.what, maxHookLen, ErrTooLarge)
+		}
 	}
 	if len(m.Labels) > MaxLabels {
 		return fmt.Errorf("manifest %s: %d labels, more than %d: %w", m.Name, len(m.Labels), MaxLabels, ErrTooLarge)

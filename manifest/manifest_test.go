@@ -260,6 +260,8 @@ func TestParseRejects(t *testing.T) {
 		{"bad chunking", replace(`"avg":65536`, `"avg":65535`), ErrInvalid, "not a power of two"},
 		{"bad supersedes", mutate(func(m *Manifest) { m.Supersedes = []string{"SP-X"} }), ErrInvalid, "SP-X"},
 		{"empty hook command", mutate(func(m *Manifest) { m.Install.Hook = []string{"", "x"} }), ErrInvalid, "empty command"},
+		{"empty uninstall command", mutate(func(m *Manifest) { m.Install.Uninstall = []string{""} }), ErrInvalid, "uninstall command has an empty command"},
+		{"uninstall command too long", mutate(func(m *Manifest) { m.Install.Uninstall = []string{"sh", strings.Repeat("x", 5000)} }), ErrTooLarge, "uninstall command is longer"},
 		{"too many labels", mutate(func(m *Manifest) {
 			for i := range MaxLabels + 1 {
 				m.Labels[strings.Repeat("k", i+1)] = "v"

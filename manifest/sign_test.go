@@ -643,6 +643,12 @@ func TestIndexValidate(t *testing.T) {
 		{"deployment selector too long", with(func(ix *Index) {
 			ix.Deployments = []Deployment{{Release: "SP-S041000005", Selector: strings.Repeat("a", MaxSelectorLen+1), Mode: ModeAssigned}}
 		}), ErrTooLarge},
+		{"a release withdrawn with uninstall", with(func(ix *Index) { ix.Releases[0].Withdrawn, ix.Releases[0].Uninstall = true, true }), nil},
+		{"uninstall without withdrawal", with(func(ix *Index) { ix.Releases[0].Uninstall = true }), ErrInvalid},
+		{"a deployment of a withdrawn release", with(func(ix *Index) {
+			ix.Releases[1].Withdrawn = true
+			ix.Deployments = []Deployment{{Release: ix.Releases[1].Name, Mode: ModeAssigned}}
+		}), ErrInvalid},
 		{"proxies, sites in any order", with(func(ix *Index) {
 			ix.Proxies = []ProxyEnrolment{
 				{Peer: "12D3KooWQbnMX7tGsbbPFFUA6e5QcdV6n7RNBxvyA3nhMZcKVCB7", Sites: []string{"west", "region-1", "east"}},

@@ -90,6 +90,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			serveCommand(),
 			agentCommand(),
 			deployCommand(),
+			withdrawCommand(),
 			enrolCommand(),
 			statusCommand(),
 			retryCommand(),

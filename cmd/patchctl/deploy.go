@@ -60,6 +60,12 @@ func runDeploy(c *cli.Context, g globals, name string) error {
 		if slices.Contains(held.Deployments, d) {
 			return false, nil
 		}
+		// Deploying a withdrawn release deploys it again.
+		for i := range next.Releases {
+			if next.Releases[i].Name == name {
+				next.Releases[i].Withdrawn, next.Releases[i].Uninstall = false, false
+			}
+		}
 		next.Deployments = append(next.Deployments, d)
 		return true, nil
 	})

@@ -69,7 +69,7 @@ func refuseListed(g globals, cat *agent.Catalog, ref string) error {
 	if r, err := cat.Get(ref); err == nil {
 		name = r.Name
 	}
-	if _, ok := ix.Lookup(name); ok {
+	if e, ok := ix.Lookup(name); ok && !e.Withdrawn {
 		return fmt.Errorf("%s is listed in the origin's index version %d, and nodes may still fetch it; withdraw it first (patchctl withdraw): %w", name, ix.Version, adminapi.ErrConflict)
 	}
 	return nil
@@ -88,7 +88,7 @@ func repinListed(c *cli.Context, g globals, s *store.Disk, cat *agent.Catalog) (
 	}
 	var again []string
 	for _, e := range ix.Releases {
-		if _, ok := pins[e.Name]; ok {
+		if _, ok := pins[e.Name]; ok || e.Withdrawn {
 			continue
 		}
 		r, err := cat.Get(e.Name)

@@ -30,6 +30,7 @@ func publishCommand() *cli.Command {
 			&cli.DurationFlag{Name: "lifetime", Value: 365 * 24 * time.Hour, Usage: "how long the signed manifest stays valid"},
 			&cli.StringFlag{Name: "install-cmd", Usage: "signed install `COMMAND`, run with /bin/sh -c in the release's directory by nodes started with --allow-release-commands"},
 			&cli.StringFlag{Name: "hook", Usage: "install command as an argument list split on spaces (prefer --install-cmd)"},
+			&cli.StringFlag{Name: "uninstall-cmd", Usage: "signed uninstall `COMMAND`, run with /bin/sh -c in the release's directory where it is installed when it is withdrawn with --uninstall"},
 			&cli.StringFlag{Name: "origin", Usage: "then hand the release to the origin at its admin API `URL` and add it to the origin's signed index"},
 			&cli.StringFlag{Name: "trust", Usage: "with --origin: trust root `FILE` the origin's current index is checked against (default: the signing key alone)"},
 			&cli.StringFlag{Name: "admin-token", Usage: "with --origin: send the admin token read from `FILE`"},
@@ -64,6 +65,9 @@ func publishCommand() *cli.Command {
 					return usageError("publish: --install-cmd and --hook are two ways to say the same; give one")
 				}
 				opts.Install.Hook = []string{"/bin/sh", "-c", cmd}
+			}
+			if cmd := c.String("uninstall-cmd"); cmd != "" {
+				opts.Install.Uninstall = []string{"/bin/sh", "-c", cmd}
 			}
 			switch c.String("chunking") {
 			case "archive":

@@ -60,7 +60,14 @@ func printFleet(out io.Writer, st adminapi.FleetStatus) {
 		if i > 0 {
 			fmt.Fprintln(out)
 		}
-		fmt.Fprintln(out, r.Name)
+		switch {
+		case r.Withdrawn && r.Uninstall:
+			fmt.Fprintf(out, "%s (withdrawn; uninstalled where it was installed)\n", r.Name)
+		case r.Withdrawn:
+			fmt.Fprintf(out, "%s (withdrawn)\n", r.Name)
+		default:
+			fmt.Fprintln(out, r.Name)
+		}
 		if len(r.Sites) == 0 {
 			fmt.Fprintln(out, "  not deployed")
 			continue
