@@ -137,6 +137,13 @@ func (c *Client) PostIndex(ctx context.Context, env []byte) (uint64, error) {
 	return res.Version, err
 }
 
+// PostRoot hands the origin a new trust root, which travels down the tree.
+func (c *Client) PostRoot(ctx context.Context, env []byte) (uint64, error) {
+	var res RootPosted
+	err := c.do(ctx, http.MethodPost, "/v1/root", contentJSON, env, &res)
+	return res.Version, err
+}
+
 // PostRelease hands the origin a signed release envelope and returns the
 // chunks it still lacks.
 func (c *Client) PostRelease(ctx context.Context, env []byte) (IngestResult, error) {

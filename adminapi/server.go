@@ -18,6 +18,7 @@ import (
 	"github.com/ipfs/go-cid"
 
 	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/p2p"
 	"github.com/patchctl/patchctl/store"
 )
 
@@ -27,6 +28,7 @@ import (
 //	GET  /v1/health             who the agent is
 //	GET  /v1/index              the signed index the agent follows
 //	POST /v1/index              origin: a newer signed index to adopt and announce
+//	POST /v1/root               origin: a new trust root that follows the held one
 //	POST /v1/releases           origin: a signed release envelope; answers the chunks missing,
 //	                            and takes the release once none is
 //	PUT  /v1/chunks/{cid}       origin: one stored chunk frame, verified against its CID
@@ -59,6 +61,9 @@ type Origin interface {
 	// returns its version. An index that does not build on the held one
 	// (another was adopted meanwhile) is ErrConflict.
 	PostIndex(ctx context.Context, env []byte) (uint64, error)
+	// PostRoot takes a new trust root, which must follow the origin's
+	// (signed by its threshold and its own), and returns its version.
+	PostRoot(ctx context.Context, env []byte) (uint64, error)
 	IngestRelease(ctx context.Context, env []byte) (IngestResult, error)
 	PutChunk(ctx context.Context, id cid.Cid, frame []byte) error
 	Retry(ctx context.Context, req RetryRequest) (RetryResult, error)
@@ -144,6 +149,10 @@ func NewServer(a Agent, opts Options) (http.Handler, error) {
 	s.routeFor(isOrigin, "origin", "POST /v1/index", contentJSON, maxIndexBody, func(ctx context.Context, r request) (any, error) {
 		v, err := origin.PostIndex(ctx, r.body)
 		return IndexPosted{Version: v}, err
+	})
+	s.routeFor(isOrigin, "origin", "POST /v1/root", contentJSON, int64(p2p.MaxRootEnvelope), func(ctx context.Context, r request) (any, error) {
+		v, err := origin.PostRoot(ctx, r.body)
+		return RootPosted{Version: v}, err
 	})
 	s.routeFor(isOrigin, "origin", "POST /v1/releases", contentJSON, manifest.MaxEnvelopeSize, func(ctx context.Context, r request) (any, error) {
 		return origin.IngestRelease(ctx, r.body)

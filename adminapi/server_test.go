@@ -33,7 +33,11 @@ func startAgent(t *testing.T, key ed25519.PrivateKey, cfg agent.Config) *agent.A
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.DataDir, cfg.ListenAddrs, cfg.Trust, cfg.PollInterval = t.TempDir(), []string{"/ip4/127.0.0.1/tcp/0"}, root, time.Hour
+	env, err := manifest.SignRoot(root, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DataDir, cfg.ListenAddrs, cfg.Trust, cfg.PollInterval = t.TempDir(), []string{"/ip4/127.0.0.1/tcp/0"}, env, time.Hour
 	a, err := agent.New(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ type Health struct {
 	Addrs        []string          `json:"addrs"`
 	IndexVersion uint64            `json:"index_version"`
 	IndexExpires time.Time         `json:"index_expires,omitzero"`
+	TrustVersion uint64            `json:"trust_version"`
 	// Warnings are what an operator should act on soon, such as an index
 	// about to expire.
 	Warnings []string `json:"warnings,omitempty"`
@@ -24,6 +25,12 @@ type Health struct {
 
 // IndexPosted answers a posted index: the version the origin now follows.
 type IndexPosted struct {
+	Version uint64 `json:"version"`
+}
+
+// RootPosted answers a posted trust root: the version the origin now
+// follows.
+type RootPosted struct {
 	Version uint64 `json:"version"`
 }
 

@@ -79,8 +79,13 @@ type PeerConfig struct {
 // exactly one role (Origin, Proxy or Node), which decides what it is.
 type Config struct {
 	PeerConfig
-	// Trust is the root that releases and the index must be signed by.
-	Trust *manifest.Root
+	// Trust is the trust root envelope the operator installed (--trust):
+	// releases and the index must be signed by it, or by a root it
+	// rotated to (see trust.go), which the data dir keeps.
+	Trust []byte
+	// ResetTrust starts the data dir's chain of roots anew from Trust,
+	// for a fleet whose root was replaced rather than rotated.
+	ResetTrust bool
 	// PollInterval is how often the agent asks its upstreams for a newer
 	// index, reports its status and retries failed work (default 1 min).
 	PollInterval time.Duration
@@ -202,7 +207,7 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		return errors.New("agent: a data dir is required")
 	}
-	if c.Trust == nil {
+	if len(c.Trust) == 0 {
 		return errors.New("agent: a trust root is required")
 	}
 	roles := 0

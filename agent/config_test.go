@@ -13,7 +13,7 @@ import (
 )
 
 func TestConfigValidateSaysWhatIsMissingOrWrong(t *testing.T) {
-	pub, _, err := ed25519.GenerateKey(nil)
+	pub, key, err := ed25519.GenerateKey(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -21,9 +21,13 @@ func TestConfigValidateSaysWhatIsMissingOrWrong(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rootEnv, err := manifest.SignRoot(root, key)
+	if err != nil {
+		t.Fatal(err)
+	}
 	up := Uplink{Site: "east", Upstreams: []peer.AddrInfo{{ID: "12D3KooWAfPDpPRRRBrmqy9is2zjU5srQ4hKuZitiGmh4NTTpS2d"}}}
 	base := func(f func(c *Config)) Config {
-		c := Config{PeerConfig: PeerConfig{DataDir: "data"}, Trust: root, Node: &NodeConfig{Uplink: up}}
+		c := Config{PeerConfig: PeerConfig{DataDir: "data"}, Trust: rootEnv, Node: &NodeConfig{Uplink: up}}
 		f(&c)
 		return c
 	}

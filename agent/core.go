@@ -27,6 +27,7 @@ type core struct {
 	clock clock.Clock
 	peer  *Peer
 	db    *stateDB
+	trust *trustChain
 	index indexFile
 	tasks tasks
 
@@ -60,9 +61,15 @@ func newCore(ctx context.Context, cfg Config) (*core, error) {
 		p.Close()
 		return nil, err
 	}
+	trust, err := loadTrust(db, cfg.Trust, cfg.ResetTrust, cfg.Clock.Now())
+	if err != nil {
+		db.Close()
+		p.Close()
+		return nil, err
+	}
 	c := &core{
 		cfg: cfg, role: cfg.role(), log: log.With("self", p.Host.ID().ShortString()), clock: cfg.Clock,
-		peer: p, db: db, index: indexFile{dir: cfg.DataDir},
+		peer: p, db: db, trust: trust, index: indexFile{dir: cfg.DataDir},
 		dirty: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 		downstream: map[peer.ID]time.Time{},
 		failing:    map[string]bool{},
@@ -190,6 +197,7 @@ func (c *core) health() adminapi.Health {
 	for _, a := range c.peer.Addrs() {
 		h.Addrs = append(h.Addrs, a.String())
 	}
+	h.TrustVersion = c.trust.current().Version
 	if ix := c.current(); ix != nil {
 		h.IndexVersion, h.IndexExpires = ix.Version, ix.Expires
 		h.Warnings = expiryWarnings(ix, c.clock.Now())
@@ -220,7 +228,7 @@ func (c *core) loadIndex() error {
 	if err != nil || env == nil {
 		return err
 	}
-	ix, _, err := c.cfg.Trust.VerifyIndexExpired(env, c.clock.Now(), nil)
+	ix, _, err := c.trust.current().VerifyIndexExpired(env, c.clock.Now(), nil)
 	if err != nil {
 		return err
 	}
@@ -268,7 +276,7 @@ func (c *core) adopt(env []byte) (*manifest.Index, bool, error) {
 		}
 		held := c.current()
 		var err error
-		ix, err = c.cfg.Trust.VerifyIndex(env, c.clock.Now(), held)
+		ix, err = c.trust.current().VerifyIndex(env, c.clock.Now(), held)
 		if err != nil || (held != nil && ix.Version == held.Version) {
 			return err
 		}
@@ -304,7 +312,7 @@ func (c *core) takeIndexFile() error {
 		return nil
 	}
 	held := c.current()
-	ix, _, err := c.cfg.Trust.VerifyIndexExpired(env, c.clock.Now(), held)
+	ix, _, err := c.trust.current().VerifyIndexExpired(env, c.clock.Now(), held)
 	if err != nil {
 		return err
 	}
@@ -352,6 +360,10 @@ func (c *core) outage(what string, err error, attrs ...any) {
 	}
 }
 
+// rootRotated tells the peers below of a new trust root, so that they
+// follow it at once.
+func (c *core) rootRotated() { c.nudgeDownstream() }
+
 // recentDownstream returns the peers below that polled within a few
 // intervals, forgetting the others: a peer gone for longer polls when it
 // comes back, and the map stays bounded by the peers of the moment; c.mu
@@ -390,11 +402,11 @@ func (c *core) nudgeDownstream() {
 // verified and matching e.
 func (c *core) envelopeFor(ctx context.Context, e manifest.IndexEntry, peers []peer.ID) ([]byte, *manifest.Manifest, cid.Cid, error) {
 	if r, err := c.peer.Catalog.Get(e.CID); err == nil {
-		if _, _, err := c.cfg.Trust.VerifyManifest(r.Envelope, c.clock.Now()); err == nil {
+		if _, _, err := c.trust.current().VerifyManifest(r.Envelope, c.clock.Now()); err == nil {
 			return r.Envelope, r.Manifest, r.CID, nil
 		}
 	}
-	return c.peer.fetchEnvelope(ctx, c.cfg.Trust, e.CID, peers, c.clock.Now())
+	return c.peer.fetchEnvelope(ctx, c.trust.current(), e.CID, peers, c.clock.Now())
 }
 
 // workers runs the work on each release in a goroutine of its own, one at a

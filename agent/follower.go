@@ -53,10 +53,36 @@ func (f *follower) Announced(from peer.ID, version uint64) {
 	f.c.pollNow()
 }
 
+// pullRoots follows the trust roots p holds newer than this agent's.
+func (f *follower) pullRoots(ctx context.Context, p peer.ID) error {
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	roots, err := f.c.peer.client.GetRoots(rctx, p, f.c.trust.current().Version)
+	if err != nil || len(roots) == 0 {
+		return err
+	}
+	version, moved, err := f.c.trust.take(roots, f.c.clock.Now())
+	if moved {
+		f.c.log.Info("agent: trust root rotated", "version", version, "from", p)
+		f.c.rootRotated()
+	}
+	if err != nil {
+		f.mu.Lock()
+		again := f.refused == err.Error()
+		f.refused = err.Error()
+		f.mu.Unlock()
+		if !again {
+			f.c.log.Warn("agent: trust root refused", "upstream", p, "err", err)
+		}
+	}
+	return nil
+}
+
 // Nudged takes a nudge: an upstream has something for this agent in the
 // answer to its report, which it sends now. Only upstreams are heard.
 func (f *follower) Nudged(from peer.ID) {
 	if f.is[from] {
+		f.c.pollNow()
 		f.c.changed()
 	}
 }
@@ -98,8 +124,13 @@ func (f *follower) pull(ctx context.Context) (bool, *manifest.Index) {
 	return false, nil
 }
 
-// pullFrom asks p for a newer index and adopts it.
+// pullFrom asks p for newer trust roots and takes them, then for a newer
+// index and adopts it: the roots first, since the index may be signed by
+// keys only a newer root holds.
 func (f *follower) pullFrom(ctx context.Context, p peer.ID) (bool, *manifest.Index, error) {
+	if err := f.pullRoots(ctx, p); err != nil {
+		return false, nil, err
+	}
 	var held uint64
 	if ix := f.c.current(); ix != nil {
 		held = ix.Version

@@ -28,6 +28,7 @@ type origin struct {
 
 	indexService  *p2p.IndexService
 	statusService *fleet.StatusService
+	rootService   *p2p.RootService
 
 	mu      sync.Mutex
 	retries []fleet.RetryOrder // by release, the last maxRetriesKept of each
@@ -63,12 +64,14 @@ func (o *origin) start(context.Context) error {
 	// The origin is told of new indexes by its operators, never by peers.
 	o.indexService = p2p.NewIndexService(o.peer.Host, o.core, nil, p2p.IndexConfig{Logger: o.log})
 	o.statusService = fleet.NewStatusService(o.peer.Host, o.sites, o.log)
+	o.rootService = p2p.NewRootService(o.peer.Host, o.trust, o.log)
 	return nil
 }
 
 func (o *origin) stop() {
 	o.indexService.Close()
 	o.statusService.Close()
+	o.rootService.Close()
 }
 
 // poll adopts the index file of the data dir if `patchctl index add` wrote a
@@ -115,12 +118,27 @@ func (o *origin) PostIndex(_ context.Context, env []byte) (uint64, error) {
 	return ix.Version, nil
 }
 
+// PostRoot takes a new trust root handed to the origin: it must follow the
+// origin's root (signed by its threshold and its own), and travels down the
+// tree from here, each agent taking it only along the chain.
+func (o *origin) PostRoot(_ context.Context, env []byte) (uint64, error) {
+	version, moved, err := o.trust.take([][]byte{env}, o.clock.Now())
+	if err != nil {
+		return 0, err
+	}
+	if moved {
+		o.log.Info("agent: trust root rotated", "version", version)
+		o.rootRotated()
+	}
+	return version, nil
+}
+
 // IngestRelease takes a signed release handed to the origin: it verifies
 // the envelope against the trust root and an earlier release of the name,
 // and lists the chunks still missing; once none is, the release is pinned
 // and enters the catalog, as publishing there would have left it.
 func (o *origin) IngestRelease(ctx context.Context, env []byte) (adminapi.IngestResult, error) {
-	m, id, err := o.cfg.Trust.VerifyManifest(env, o.clock.Now())
+	m, id, err := o.trust.current().VerifyManifest(env, o.clock.Now())
 	if err != nil {
 		return adminapi.IngestResult{}, err
 	}

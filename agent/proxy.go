@@ -40,6 +40,7 @@ type proxy struct {
 	trackerService *fleet.TrackerService
 	statusService  *fleet.StatusService
 	nudgeService   *fleet.NudgeService
+	rootService    *p2p.RootService
 
 	mu       sync.Mutex
 	replicas map[string]*replica // by release name
@@ -129,6 +130,7 @@ func (p *proxy) start(context.Context) error {
 	p.trackerService = fleet.NewTrackerService(h, p, p.log)
 	p.statusService = fleet.NewStatusService(h, p.sites, p.log)
 	p.nudgeService = fleet.NewNudgeService(h, p.up.Nudged, p.log)
+	p.rootService = p2p.NewRootService(h, p.trust, p.log)
 	if len(p.siblings) > 0 {
 		p.tasks.Go(p.keepSiblings)
 	}
@@ -140,6 +142,7 @@ func (p *proxy) stop() {
 	p.trackerService.Close()
 	p.statusService.Close()
 	p.nudgeService.Close()
+	p.rootService.Close()
 }
 
 func (p *proxy) poll(ctx context.Context) bool {

@@ -30,6 +30,9 @@ var (
 	// bucketMembers: peer ID → fleet.NodeStatus, on proxies: the site's
 	// nodes as they last reported.
 	bucketMembers = []byte("members")
+	// bucketRoots: version (8 bytes, big-endian) → trust root envelope:
+	// the chain of roots the agent followed, oldest first.
+	bucketRoots = []byte("roots")
 )
 
 // InstallRecord is what a node keeps of an installed release, and of a
@@ -75,7 +78,7 @@ func openStateDB(dataDir string) (*stateDB, error) {
 		return nil, fmt.Errorf("open state: %w (is another agent running on this data dir?)", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketInstalled, bucketRetired, bucketReleases, bucketSites, bucketRetries, bucketMembers} {
+		for _, b := range [][]byte{bucketInstalled, bucketRetired, bucketReleases, bucketSites, bucketRetries, bucketMembers, bucketRoots} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -112,6 +115,22 @@ func (s *stateDB) get(bucket []byte, key string, v any) (bool, error) {
 		return json.Unmarshal(b, v)
 	})
 	return found, err
+}
+
+// putRaw stores value as it is under key in bucket.
+func (s *stateDB) putRaw(bucket []byte, key string, value []byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(key), value) })
+}
+
+// clear empties bucket.
+func (s *stateDB) clear(bucket []byte) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucket); err != nil {
+			return err
+		}
+		_, err := tx.CreateBucket(bucket)
+		return err
+	})
 }
 
 func (s *stateDB) delete(bucket []byte, key string) error {

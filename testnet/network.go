@@ -60,6 +60,10 @@ type Config struct {
 	SiblingGroup   int
 	// CacheQuota bounds each proxy's chunks (0: no bound).
 	CacheQuota int64
+	// OfflineAfter is how many poll intervals a site node may stay
+	// silent before its proxy counts it offline and drops its pins
+	// (0: the agent's default).
+	OfflineAfter int
 	// PollInterval is the agents' poll interval (default 1 s).
 	PollInterval time.Duration
 	Logger       *slog.Logger
@@ -101,11 +105,13 @@ type Site struct {
 // Network is a running network of members on loopback whose connections are
 // all shaped, at the dialing end, by the pipes of the links they cross.
 type Network struct {
-	cfg    Config
-	Root   *manifest.Root
-	Key    ed25519.PrivateKey
-	Origin *Member
-	Sites  []*Site
+	cfg  Config
+	Root *manifest.Root
+	// RootEnvelope is Root signed, as the agents are given it.
+	RootEnvelope []byte
+	Key          ed25519.PrivateKey
+	Origin       *Member
+	Sites        []*Site
 
 	mu      sync.Mutex
 	members map[peer.ID]*Member
@@ -129,7 +135,11 @@ func New(ctx context.Context, cfg Config) (*Network, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Network{cfg: cfg, Root: root, Key: key, members: map[peer.ID]*Member{}, byAddr: map[string]*Member{}, links: map[*ShapedConn][2]*Member{}}
+	rootEnv, err := manifest.SignRoot(root, key)
+	if err != nil {
+		return nil, err
+	}
+	n := &Network{cfg: cfg, Root: root, RootEnvelope: rootEnv, Key: key, members: map[peer.ID]*Member{}, byAddr: map[string]*Member{}, links: map[*ShapedConn][2]*Member{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -218,7 +228,7 @@ func (n *Network) configure(m *Member) {
 			DialTCP:     m.gater.dialer,
 			Logger:      n.cfg.Logger,
 		},
-		Trust:        n.Root,
+		Trust:        n.RootEnvelope,
 		PollInterval: n.cfg.PollInterval,
 	}
 	switch m.Role {
@@ -226,8 +236,9 @@ func (n *Network) configure(m *Member) {
 		cfg.Origin = &agent.OriginConfig{}
 	case agent.RoleProxy:
 		pc := &agent.ProxyConfig{
-			Uplink:     agent.Uplink{Site: m.Site.Name, Upstreams: []peer.AddrInfo{{ID: n.Origin.id}}},
-			CacheQuota: n.cfg.CacheQuota,
+			Uplink:       agent.Uplink{Site: m.Site.Name, Upstreams: []peer.AddrInfo{{ID: n.Origin.id}}},
+			CacheQuota:   n.cfg.CacheQuota,
+			OfflineAfter: n.cfg.OfflineAfter,
 		}
 		if n.cfg.SiblingProxies {
 			for _, s := range n.siblingsOf(m.Site) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
@@ -11,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -110,24 +112,35 @@ func sameAgent(a, b string) bool {
 	return err1 == nil && err2 == nil && ua.Scheme == ub.Scheme && strings.EqualFold(ua.Host, ub.Host)
 }
 
-// signingRoot is what an index fetched from the origin is checked against
-// before it is extended and signed: the --trust root, or, without one, a
-// root of the signing keys alone.
-func signingRoot(c *cli.Context, keys []ed25519.PrivateKey) (*manifest.Root, error) {
-	if f := c.String("trust"); f != "" {
-		return loadTrust(f)
+// signingRoots are what an index fetched from the origin is checked against
+// before it is extended and signed: the --trust roots, newest last (after a
+// rotation the origin's index is signed under the old root until the next
+// version), or, without one, a root of the signing keys alone.
+func signingRoots(c *cli.Context, keys []ed25519.PrivateKey) ([]*manifest.Root, error) {
+	var roots []*manifest.Root
+	for _, f := range c.StringSlice("trust") {
+		r, err := loadTrust(f)
+		if err != nil {
+			return nil, err
+		}
+		roots = append(roots, r)
+	}
+	if len(roots) > 0 {
+		slices.SortFunc(roots, func(a, b *manifest.Root) int { return cmp.Compare(a.Version, b.Version) })
+		return roots, nil
 	}
 	pubs := make([]ed25519.PublicKey, len(keys))
 	for i, k := range keys {
 		pubs[i] = k.Public().(ed25519.PublicKey)
 	}
-	return manifest.NewRoot(pubs, 1, 1, time.Now().Add(time.Hour))
+	r, err := manifest.NewRoot(pubs, 1, 1, time.Now().Add(time.Hour))
+	return []*manifest.Root{r}, err
 }
 
-// originIndex returns the origin's index, verified against root, or nil if
-// it has none yet. What is signed next builds on it, so an origin that lies
-// must not get releases signed in.
-func originIndex(ctx context.Context, ac *adminapi.Client, root *manifest.Root) (*manifest.Index, error) {
+// originIndex returns the origin's index, verified against one of roots,
+// or nil if it has none yet. What is signed next builds on it, so an
+// origin that lies must not get releases signed in.
+func originIndex(ctx context.Context, ac *adminapi.Client, roots []*manifest.Root) (*manifest.Index, error) {
 	env, err := ac.Index(ctx)
 	if errors.Is(err, adminapi.ErrNotFound) {
 		return nil, nil
@@ -137,11 +150,19 @@ func originIndex(ctx context.Context, ac *adminapi.Client, root *manifest.Root) 
 	}
 	// An expired index is built on like any other: that is how a key
 	// holder renews it from another machine.
-	ix, _, err := root.VerifyIndexExpired(env, time.Now(), nil)
-	if err != nil {
-		return nil, fmt.Errorf("the origin's index: %w", err)
+	var errs []error
+	for _, r := range roots {
+		ix, _, err := r.VerifyIndexExpired(env, time.Now(), nil)
+		if err == nil {
+			return ix, nil
+		}
+		errs = append(errs, err)
 	}
-	return ix, nil
+	err = errors.Join(errs...)
+	if errors.Is(err, manifest.ErrUnknownKey) {
+		err = fmt.Errorf("%w (after a rotation, the index is signed under the old root until its next version: give that root too, --trust OLD --trust NEW)", err)
+	}
+	return nil, fmt.Errorf("the origin's index: %w", err)
 }
 
 // indexEdit changes the next index version; it may refuse (with an error)
@@ -151,7 +172,7 @@ type indexEdit func(held *manifest.Index, next *manifest.Index) (changed bool, e
 
 // indexSigning is how the next index version is signed and where it goes.
 type indexSigning struct {
-	root     *manifest.Root // the held index is checked against it
+	roots    []*manifest.Root // the held index is checked against them, newest last
 	keys     []ed25519.PrivateKey
 	lifetime time.Duration
 	// out, if set, is a file the signed index is written to instead of
@@ -165,7 +186,7 @@ type indexSigning struct {
 func indexSigningFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringSliceFlag{Name: "key", Usage: "signing key `FILE` (NAME.key; repeatable, up to the trust root's threshold)", Required: true},
-		&cli.StringFlag{Name: "trust", Usage: "trust root `FILE` the origin's current index is checked against (default: the signing keys alone)"},
+		&cli.StringSliceFlag{Name: "trust", Usage: "trust root `FILE` the origin's current index is checked against (repeatable: after a rotation, the old and the new; default: the signing keys alone)"},
 		&cli.DurationFlag{Name: "lifetime", Value: 30 * 24 * time.Hour, Usage: "how long the signed index stays valid"},
 		&cli.StringFlag{Name: "out", Usage: "write the signed index to `FILE` for more key holders to sign (patchctl sign), instead of handing it to the origin (then patchctl index push)"},
 	}
@@ -180,13 +201,13 @@ func readIndexSigning(c *cli.Context) (indexSigning, error) {
 	if err != nil {
 		return indexSigning{}, err
 	}
-	root, err := signingRoot(c, keys)
+	roots, err := signingRoots(c, keys)
 	if err != nil {
 		return indexSigning{}, err
 	}
-	is := indexSigning{root: root, keys: keys, lifetime: c.Duration("lifetime"), out: c.String("out")}
-	if is.out == "" && len(keys) < root.Threshold {
-		return is, errNotEnoughKeys(len(keys), root.Threshold)
+	is := indexSigning{roots: roots, keys: keys, lifetime: c.Duration("lifetime"), out: c.String("out")}
+	if newest := roots[len(roots)-1]; is.out == "" && len(keys) < newest.Threshold {
+		return is, errNotEnoughKeys(len(keys), newest.Threshold)
 	}
 	return is, nil
 }
@@ -202,7 +223,7 @@ const maxIndexAttempts = 5
 // the one written) afterwards, and whether edit changed anything.
 func editOriginIndex(ctx context.Context, ac *adminapi.Client, is indexSigning, edit indexEdit) (*manifest.Index, bool, error) {
 	for attempt := 1; ; attempt++ {
-		held, err := originIndex(ctx, ac, is.root)
+		held, err := originIndex(ctx, ac, is.roots)
 		if err != nil {
 			return nil, false, err
 		}

@@ -34,7 +34,8 @@ func agentCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Usage: "read settings from a YAML `FILE` whose keys are these flags' names (and data-dir); flags given on the command line win"},
 			&cli.StringFlag{Name: "role", Value: "node", Usage: "`ROLE`: origin, proxy or node"},
-			&cli.StringFlag{Name: "trust", Usage: "trust root `FILE` (required)"},
+			&cli.StringFlag{Name: "trust", Usage: "trust root `FILE` (required); the data dir follows the roots it rotates to"},
+			&cli.BoolFlag{Name: "reset-trust", Usage: "follow the --trust root from now on, although the data dir follows another (for a root replaced, not rotated)"},
 			&cli.StringFlag{Name: "site", Usage: "proxy, node: the agent's `SITE` name"},
 			&cli.StringSliceFlag{Name: "upstream", Usage: "proxy, node: upstream `MULTIADDR` ending in /p2p/<peer-id> (repeatable): a node's site proxy, a proxy's origin or parent proxy"},
 			&cli.StringSliceFlag{Name: "listen", Usage: "listen `MULTIADDR` (repeatable); default all interfaces, TCP and QUIC"},
@@ -100,6 +101,9 @@ func runAgent(c *cli.Context) error {
 	}
 	defer admin.ln.Close()
 	a, err := agent.New(c.Context, cfg)
+	if errors.Is(err, agent.ErrTrustMismatch) {
+		return usageError("%v (--reset-trust)", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -148,9 +152,9 @@ func agentConfig(c *cli.Context, g globals) (agent.Config, error) {
 	if c.String("trust") == "" {
 		return agent.Config{}, usageError("agent: --trust FILE is required (or trust: in the --config file)")
 	}
-	root, err := loadTrust(c.String("trust"))
+	trust, err := os.ReadFile(c.String("trust"))
 	if err != nil {
-		return agent.Config{}, err
+		return agent.Config{}, fmt.Errorf("--trust: %w", err)
 	}
 	pc, err := peerConfig(c, g)
 	if err != nil {
@@ -161,7 +165,7 @@ func agentConfig(c *cli.Context, g globals) (agent.Config, error) {
 		return agent.Config{}, err
 	}
 	pc.Logger = slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
-	cfg := agent.Config{PeerConfig: pc, Trust: root, PollInterval: c.Duration("poll")}
+	cfg := agent.Config{PeerConfig: pc, Trust: trust, ResetTrust: c.Bool("reset-trust"), PollInterval: c.Duration("poll")}
 	if cfg.PollInterval <= 0 {
 		return cfg, usageError("--poll must be positive")
 	}

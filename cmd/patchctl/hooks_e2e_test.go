@@ -29,7 +29,10 @@ func smallFleet(t *testing.T, e *env, node *agentProc) (origin *agentProc) {
 }
 
 // nodeState is the node's state of SP-S041000005, and its reason.
-func nodeState(p *agentProc) (string, string) {
+func nodeState(p *agentProc) (string, string) { return nodeStateOf(p, "SP-S041000005") }
+
+// nodeStateOf is the node's state of release, and its reason.
+func nodeStateOf(p *agentProc, release string) (string, string) {
 	var st struct {
 		Deployments []struct{ Release, State, Reason string }
 	}
@@ -37,7 +40,7 @@ func nodeState(p *agentProc) (string, string) {
 		return "", err.Error()
 	}
 	for _, d := range st.Deployments {
-		if d.Release == "SP-S041000005" {
+		if d.Release == release {
 			return d.State, d.Reason
 		}
 	}

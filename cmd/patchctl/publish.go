@@ -32,7 +32,7 @@ func publishCommand() *cli.Command {
 			&cli.StringFlag{Name: "hook", Usage: "install command as an argument list split on spaces (prefer --install-cmd)"},
 			&cli.StringFlag{Name: "uninstall-cmd", Usage: "signed uninstall `COMMAND`, run with /bin/sh -c in the release's directory where it is installed when it is withdrawn with --uninstall"},
 			&cli.StringFlag{Name: "origin", Usage: "then hand the release to the origin at its admin API `URL` and add it to the origin's signed index"},
-			&cli.StringFlag{Name: "trust", Usage: "with --origin: trust root `FILE` the origin's current index is checked against (default: the signing key alone)"},
+			&cli.StringSliceFlag{Name: "trust", Usage: "with --origin: trust root `FILE` the origin's current index is checked against (repeatable: after a rotation, the old and the new; default: the signing keys alone)"},
 			&cli.StringFlag{Name: "admin-token", Usage: "with --origin: send the admin token read from `FILE`"},
 			&cli.StringFlag{Name: "admin-ca", Usage: "with --origin: trust the CA certificates in PEM `FILE` for an https URL"},
 			&cli.StringFlag{Name: "index-out", Usage: "with --origin: write the origin's next index to `FILE` for more key holders to sign (patchctl sign), instead of handing it over (then patchctl index push)"},
@@ -111,12 +111,12 @@ func runPublish(c *cli.Context, g globals, keyFiles []string, paths []string, ou
 	if err != nil {
 		return err
 	}
-	if c.String("origin") != "" && c.String("trust") != "" {
-		root, err := loadTrust(c.String("trust"))
+	if c.String("origin") != "" && len(c.StringSlice("trust")) > 0 {
+		roots, err := signingRoots(c, keys)
 		if err != nil {
 			return err
 		}
-		if len(keys) < root.Threshold {
+		if root := roots[len(roots)-1]; len(keys) < root.Threshold {
 			return usageError("the trust root requires %d signatures and %d keys were given: publish without --origin (--out FILE writes the envelope), have more key holders sign it (patchctl sign --key KEY FILE), then patchctl push FILE",
 				root.Threshold, len(keys))
 		}
@@ -160,7 +160,7 @@ func runPublish(c *cli.Context, g globals, keyFiles []string, paths []string, ou
 	var handed *handover
 	if c.String("origin") != "" {
 		is := indexSigning{keys: keys, lifetime: 30 * 24 * time.Hour, out: c.String("index-out")}
-		if is.root, err = signingRoot(c, keys); err != nil {
+		if is.roots, err = signingRoots(c, keys); err != nil {
 			return err
 		}
 		r, err := cat.Get(res.Name)

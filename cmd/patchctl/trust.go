@@ -54,6 +54,18 @@ func trustCommand() *cli.Command {
 				},
 			},
 			{
+				Name:      "push",
+				Usage:     "hand the origin a rotated trust root: it travels down the tree, every agent taking it only along the chain of roots",
+				ArgsUsage: "ROOT-FILE",
+				Flags:     adminFlags("origin", "the origin's"),
+				Action: func(c *cli.Context) error {
+					if err := exactArgs(c, 1, "ROOT-FILE"); err != nil {
+						return err
+					}
+					return runTrustPush(c, globalsOf(c), c.Args().First())
+				},
+			},
+			{
 				Name:      "show",
 				Usage:     "print a trust root after checking its signatures",
 				ArgsUsage: "TRUST-FILE",
@@ -212,6 +224,29 @@ func runTrustRotate(g globals, c *cli.Context) error {
 		return err
 	}
 	return printRoot(g, next, c.String("out"))
+}
+
+func runTrustPush(c *cli.Context, g globals, file string) error {
+	env, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	if _, err := manifest.LoadRoot(env); err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	ac, err := adminClient(c, g, "origin")
+	if err != nil {
+		return err
+	}
+	v, err := ac.PostRoot(c.Context, env)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return g.printJSON(map[string]any{"version": v})
+	}
+	fmt.Fprintf(g.stdout, "the origin follows trust root version %d; the agents below take it at once or at their next poll\n", v)
+	return nil
 }
 
 func printRoot(g globals, r *manifest.Root, path string) error {
