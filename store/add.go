@@ -3,7 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
-	"os"
+	"time"
 
 	"github.com/ipfs/go-cid"
 
@@ -34,32 +34,27 @@ func (d *Disk) Add(ctx context.Context, data []byte) (Added, error) {
 	if err := ctx.Err(); err != nil {
 		return Added{}, err
 	}
+	if err := d.writable("add"); err != nil {
+		return Added{}, err
+	}
+	if len(data) > manifest.MaxChunkSize {
+		return Added{}, fmt.Errorf("add: chunk of %d bytes: %w", len(data), manifest.ErrTooLarge)
+	}
 	id := manifest.ChunkID(data)
-	p := d.path(id)
-	if added, present, err := d.addPresent(id, p); present || err != nil {
-		return added, err
+	if e, ok := d.lookup(id); ok {
+		if _, err := d.refresh(id); err != nil {
+			return Added{}, err
+		}
+		return Added{ID: id, StoredSize: int64(e.size)}, nil
 	}
 	buf := getBuf(MaxFrameSize(len(data)))
 	defer putBuf(buf)
 	*buf = EncodeFrame((*buf)[:0], data)
-	if err := d.write(id, p, *buf); err != nil {
+	stored, size, err := d.store(id, *buf, time.Now())
+	if err != nil {
 		return Added{}, err
 	}
-	return Added{ID: id, StoredSize: int64(len(*buf)), New: true}, nil
-}
-
-// addPresent refreshes the chunk id stored at p, if it is, and reports what
-// adding it again did.
-func (d *Disk) addPresent(id cid.Cid, p string) (Added, bool, error) {
-	present, err := d.refresh(id, p)
-	if !present || err != nil {
-		return Added{}, false, err
-	}
-	fi, err := os.Stat(p)
-	if err != nil {
-		return Added{}, false, fmt.Errorf("add %s: %w", id, err)
-	}
-	return Added{ID: id, StoredSize: fi.Size()}, true, nil
+	return Added{ID: id, StoredSize: size, New: stored}, nil
 }
 
 // Add stores data under its chunk ID.

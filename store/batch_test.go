@@ -9,7 +9,10 @@ import (
 	"github.com/patchctl/patchctl/store/storetest"
 )
 
-func TestBatchChunksAppearOnCommit(t *testing.T) {
+// TestBatchChunksAreReadableAtOnceAndDurableOnCommit: Add stores without
+// waiting for the disk, so a chunk added is readable at once (a peer may be
+// served it); Commit is what makes the batch survive a power loss.
+func TestBatchChunksAreReadableAtOnceAndDurableOnCommit(t *testing.T) {
 	ctx := context.Background()
 	d := openDisk(t, t.TempDir())
 	b := d.NewBatch()
@@ -33,10 +36,9 @@ func TestBatchChunksAppearOnCommit(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	// Far below a flush group: nothing has its name before Commit.
 	for _, c := range chunks {
-		if ok, err := d.Has(ctx, manifest.ChunkID(c)); ok || err != nil {
-			t.Fatalf("chunk visible before Commit: %v %v", ok, err)
+		if ok, err := d.Has(ctx, manifest.ChunkID(c)); !ok || err != nil {
+			t.Fatalf("chunk added is not readable before Commit: %v %v", ok, err)
 		}
 	}
 	again, err := b.Add(ctx, chunks[0])

@@ -102,7 +102,9 @@ func (c *Cache) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
 		c.touch(id, int64(len(frame)))
 		return frame, nil
 	}
-	if !errors.Is(err, ErrNotFound) {
+	// A corrupt chunk was quarantined by the read that found it: a miss,
+	// which the upstream mends.
+	if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt) {
 		return nil, err
 	}
 	c.mu.Lock()
@@ -144,7 +146,7 @@ func (c *Cache) AppendFrame(ctx context.Context, id cid.Cid, dst []byte) ([]byte
 			c.touch(id, int64(len(out)-len(dst)))
 			return out, nil
 		}
-		if !errors.Is(err, ErrNotFound) {
+		if !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrCorrupt) {
 			return dst, err
 		}
 	}

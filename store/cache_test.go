@@ -244,3 +244,44 @@ func TestAppendFrameMatchesGetFrame(t *testing.T) {
 		t.Errorf("the cache asked its upstream %d times, want once", n)
 	}
 }
+
+func TestACacheFetchesAgainAChunkItsDiskFoundCorrupt(t *testing.T) {
+	src, ids := upstreamWith(t, 2, 50<<10)
+	up := &countingUpstream{src: src}
+	local := openDisk(t, t.TempDir())
+	c, err := store.NewCache(t.Context(), local, up, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if _, err := c.GetFrame(t.Context(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, read := range []func(cid.Cid) ([]byte, error){
+		func(id cid.Cid) ([]byte, error) { return c.GetFrame(t.Context(), id) },
+		func(id cid.Cid) ([]byte, error) { return c.AppendFrame(t.Context(), id, nil) },
+	} {
+		id := ids[i]
+		loc, err := local.Locate(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flip(t, loc.Pack, loc.Offset+loc.Size/2)
+		before := up.calls.Load()
+		frame, err := read(id)
+		if err != nil {
+			t.Fatalf("read %d of a corrupt chunk: %v", i, err)
+		}
+		want, _ := src.GetFrame(t.Context(), id)
+		if !bytes.Equal(frame, want) {
+			t.Errorf("read %d returned other bytes than the upstream's", i)
+		}
+		if up.calls.Load() != before+1 {
+			t.Errorf("read %d asked the upstream %d times, want once", i, up.calls.Load()-before)
+		}
+		if _, err := local.Get(t.Context(), id); err != nil {
+			t.Errorf("the chunk fetched again does not read from the disk: %v", err)
+		}
+	}
+}

@@ -14,7 +14,7 @@ import (
 // by hand, names chunks as id.String() does: a store written before keeps
 // its chunks.
 func TestChunkPathSpellsTheCIDString(t *testing.T) {
-	d, err := OpenDisk(t.TempDir())
+	d, err := openFileStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,8 +32,14 @@ type GCResult struct {
 	Deleted    int   // unpinned chunks deleted (or, with DryRun, to delete)
 	BytesFreed int64 // stored bytes of the deleted chunks
 	// TempsRemoved counts leftover temporary files of crashed writers
-	// removed (Disk only).
+	// removed: repack outputs a kill left unsealed, stale pin files (Disk
+	// only; what opening the store removed is in Disk.Recovered).
 	TempsRemoved int
+	// PacksRemoved counts pack files removed, PacksWritten those written
+	// by repacking the live part of mostly dead ones, and SpaceReclaimed
+	// the bytes of the first less those of the second (Disk only).
+	PacksRemoved, PacksWritten int
+	SpaceReclaimed             int64
 }
 
 // staleDeleter is implemented by stores that can check a chunk's age and
@@ -43,6 +49,12 @@ type staleDeleter interface {
 	deleteStale(ctx context.Context, id cid.Cid, cutoff time.Time) (freed int64, deleted bool, err error)
 }
 
+// compactor is implemented by stores whose deletes leave dead bytes to
+// reclaim (Disk: packs).
+type compactor interface {
+	compact(ctx context.Context) (compactResult, error)
+}
+
 // tempRemover is implemented by stores that leave temporary files behind
 // when a writer crashes.
 type tempRemover interface {
@@ -50,15 +62,20 @@ type tempRemover interface {
 }
 
 // GC deletes every chunk that no pin references and whose last Put is older
-// than opts.Grace, and, for a Disk, temporary files that crashed writers left
-// more than an hour ago. It reads the pins first and fails if they cannot all
-// be read, so it never deletes on a partial view of them.
+// than opts.Grace and, for a Disk, reclaims their space (removing packs with
+// nothing live, repacking mostly dead ones) and removes what crashed writers
+// left. It reads the pins first and fails if they cannot all
+// be read, so it never deletes on a partial view of them. On a read-only
+// Disk only a DryRun runs; any other fails with ErrReadOnly.
 func GC(ctx context.Context, s Store, opts GCOptions) (GCResult, error) {
 	now := opts.Now
 	if now.IsZero() {
 		now = time.Now()
 	}
 	cutoff := now.Add(-opts.Grace)
+	if ro, ok := s.(interface{ ReadOnly() bool }); ok && ro.ReadOnly() && !opts.DryRun {
+		return GCResult{}, fmt.Errorf("gc: %w", ErrReadOnly)
+	}
 	pins, err := s.Pins(ctx)
 	if err != nil {
 		return GCResult{}, fmt.Errorf("gc: %w", err)
@@ -111,6 +128,14 @@ func GC(ctx context.Context, s Store, opts GCOptions) (GCResult, error) {
 	})
 	if err != nil {
 		return res, fmt.Errorf("gc: %w", err)
+	}
+	if c, ok := s.(compactor); ok && !opts.DryRun {
+		cr, err := c.compact(ctx)
+		res.PacksRemoved, res.PacksWritten = cr.PacksRemoved, cr.PacksWritten
+		res.SpaceReclaimed = cr.BytesRemoved - cr.BytesWritten
+		if err != nil {
+			return res, fmt.Errorf("gc: %w", err)
+		}
 	}
 	if tr, ok := s.(tempRemover); ok && !opts.DryRun {
 		n, err := tr.removeStaleTemps(ctx, now)

@@ -23,7 +23,8 @@ func TestDiskOnAMemoryFileSystemSkipsFlushesAndKeepsChunks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !d.commit.volatile {
+	t.Cleanup(func() { d.Close() })
+	if !d.volatile {
 		t.Fatal("a store on tmpfs still flushes")
 	}
 	if other := t.TempDir(); !inMemory(other) {
@@ -31,7 +32,8 @@ func TestDiskOnAMemoryFileSystemSkipsFlushesAndKeepsChunks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if od.commit.volatile {
+		t.Cleanup(func() { od.Close() })
+		if od.volatile {
 			t.Fatal("a store off tmpfs skips flushes")
 		}
 	}

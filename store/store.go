@@ -1,8 +1,11 @@
 // Package store owns chunks at rest: a content-addressed store keyed by chunk
-// CID (on disk, zstd-compressed, written atomically; or in memory), a cache
-// over an upstream with a byte quota (a site proxy's), the frame format
-// chunks are stored and sent in, pins per release and garbage collection of
-// unpinned chunks, fsck, and assembling a release's files from its chunks.
+// CID (on disk, zstd frames appended to pack files with an index in memory,
+// opened by one writer per data dir and by any number of read-only readers
+// beside it; or in memory), a cache over an upstream with a byte quota (a
+// site proxy's), the frame format chunks are stored and sent in, pins per
+// release and garbage collection of unpinned chunks (repacking mostly dead
+// packs), quarantine of chunks that fail their checksums, fsck, and
+// assembling a release's files from its chunks.
 // It knows nothing of peers; the signed release envelopes are package
 // agent's catalog.
 package store
