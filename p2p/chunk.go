@@ -121,7 +121,9 @@ func (cs *ChunkService) handle(ctx context.Context, s network.Stream) error {
 		}
 		st := StatusOK
 		switch {
-		case errors.Is(err, store.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCorrupt):
+			// A stored chunk found damaged is quarantined by the read
+			// that found it (the store says so): not held any more.
 			st, frame = StatusNotFound, nil
 		case err != nil:
 			if ctx.Err() != nil {

@@ -177,8 +177,7 @@ func (hs *HaveService) handle(ctx context.Context, s network.Stream) error {
 		}
 	}
 	// Subscribe before scanning the store, so that a chunk stored during
-	// the scan is either in the bitmap or in an update; sent filters out
-	// the ones that are in both.
+	// the scan is in the bitmap or in an update (or in both).
 	sub := hs.notifier.subscribe(index, len(ids))
 	defer hs.notifier.unsubscribe(sub)
 	sent := NewBitmap(len(ids))
@@ -238,15 +237,12 @@ func (hs *HaveService) handle(ctx context.Context, s network.Stream) error {
 			return ctx.Err()
 		case <-sub.signal:
 		}
-		// Filter in place: take appends to idx's array, and the filter
-		// writes at or behind where it reads.
-		idx = idx[:0]
-		for _, i := range sub.take(idx) {
-			if !sent.Has(i) {
-				sent.Set(i)
-				idx = append(idx, i)
-			}
-		}
+		// Every chunk stored is announced, even one the bitmap or an
+		// update announced before: a chunk quarantined since and fetched
+		// back must be heard of again by a peer that was told it is
+		// absent. A chunk stored during the scan is announced twice, which
+		// the subscriber ignores.
+		idx = sub.take(idx[:0])
 		for len(idx) > 0 {
 			k := min(len(idx), MaxHaveUpdate)
 			msg = AppendHaveUpdate(msg[:0], idx[:k])
