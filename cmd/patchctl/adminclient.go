@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -214,7 +215,16 @@ func readIndexSigning(c *cli.Context) (indexSigning, error) {
 
 // maxIndexAttempts bounds how often an edit is signed again on a fresh
 // index when others changed the origin's meanwhile.
-const maxIndexAttempts = 5
+const maxIndexAttempts = 8
+
+// conflictBackoff is how long an edit that lost to another waits before it
+// tries again: a random wait that doubles with each attempt, up to a
+// second, so that editors who keep colliding spread out instead of losing
+// to each other in step.
+func conflictBackoff(attempt int) time.Duration {
+	ceiling := min(50*time.Millisecond<<attempt, time.Second)
+	return rand.N(ceiling)
+}
 
 // editOriginIndex signs the origin's next index version, changed by edit,
 // and hands it to the origin, or writes it to is.out. If another edit got
@@ -249,6 +259,11 @@ func editOriginIndex(ctx context.Context, ac *adminapi.Client, is indexSigning, 
 		}
 		_, err = ac.PostIndex(ctx, env)
 		if errors.Is(err, adminapi.ErrConflict) && attempt < maxIndexAttempts {
+			select {
+			case <-time.After(conflictBackoff(attempt)):
+			case <-ctx.Done():
+				return nil, false, ctx.Err()
+			}
 			continue
 		}
 		if err != nil {
