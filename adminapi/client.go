@@ -187,6 +187,35 @@ func (c *Client) Retry(ctx context.Context, req RetryRequest) (RetryResult, erro
 	return res, err
 }
 
+// RemoveRelease asks an agent to forget a release of its data dir.
+func (c *Client) RemoveRelease(ctx context.Context, ref string) (Removal, error) {
+	var res Removal
+	err := c.do(ctx, http.MethodDelete, "/v1/releases/"+url.PathEscape(ref), "", nil, &res)
+	return res, err
+}
+
+// CollectGarbage asks an agent to delete the chunks no release pins.
+func (c *Client) CollectGarbage(ctx context.Context, grace time.Duration) (GCReport, error) {
+	body, err := json.Marshal(GCRequest{GraceSeconds: int64(grace / time.Second)})
+	if err != nil {
+		return GCReport{}, err
+	}
+	var res GCReport
+	err = c.do(ctx, http.MethodPost, "/v1/gc", contentJSON, body, &res)
+	return res, err
+}
+
+// CheckStore asks an agent to verify every chunk of its store.
+func (c *Client) CheckStore(ctx context.Context, repair bool) (FsckReport, error) {
+	body, err := json.Marshal(FsckRequest{Repair: repair})
+	if err != nil {
+		return FsckReport{}, err
+	}
+	var res FsckReport
+	err = c.do(ctx, http.MethodPost, "/v1/fsck", contentJSON, body, &res)
+	return res, err
+}
+
 // Install asks a node to install release.
 func (c *Client) Install(ctx context.Context, release string) (InstallResult, error) {
 	var res InstallResult

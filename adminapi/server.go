@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/ipfs/go-cid"
 
@@ -53,6 +54,17 @@ type Agent interface {
 	// Index returns the signed index envelope the agent follows; an error
 	// wrapping ErrNotFound if it has none yet.
 	Index(ctx context.Context) ([]byte, error)
+	// RemoveRelease forgets a release of the agent's data dir, by name or
+	// manifest CID: ErrNotFound if it holds none, ErrConflict if the
+	// origin's index lists it.
+	RemoveRelease(ctx context.Context, ref string) (Removal, error)
+	// CollectGarbage deletes the chunks no release pins, keeping those
+	// written within grace.
+	CollectGarbage(ctx context.Context, grace time.Duration) (GCReport, error)
+	// CheckStore verifies every chunk of the agent's store, quarantining
+	// the corrupt ones to fetch them again (and, with repair, the missing
+	// ones too).
+	CheckStore(ctx context.Context, repair bool) (FsckReport, error)
 }
 
 // Origin is what the origin answers beside Agent.
@@ -144,6 +156,28 @@ func NewServer(a Agent, opts Options) (http.Handler, error) {
 		_, err = w.Write(env)
 		return err
 	}))
+
+	s.route("DELETE /v1/releases/{ref}", "", 0, func(ctx context.Context, r request) (any, error) {
+		return a.RemoveRelease(ctx, r.path("ref"))
+	})
+	s.route("POST /v1/gc", contentJSON, maxSmallBody, func(ctx context.Context, r request) (any, error) {
+		var req GCRequest
+		if err := decodeBody(r.body, &req); err != nil {
+			return nil, err
+		}
+		if req.GraceSeconds < 0 {
+			return nil, fmt.Errorf("grace_seconds %d is negative: %w", req.GraceSeconds, ErrUsage)
+		}
+		return a.CollectGarbage(ctx, time.Duration(req.GraceSeconds)*time.Second)
+	})
+
+	s.route("POST /v1/fsck", contentJSON, maxSmallBody, func(ctx context.Context, r request) (any, error) {
+		var req FsckRequest
+		if err := decodeBody(r.body, &req); err != nil {
+			return nil, err
+		}
+		return a.CheckStore(ctx, req.Repair)
+	})
 
 	origin, isOrigin := a.(Origin)
 	s.routeFor(isOrigin, "origin", "POST /v1/index", contentJSON, maxIndexBody, func(ctx context.Context, r request) (any, error) {

@@ -168,3 +168,70 @@ type AboutEntry struct {
 	RetiredAt       time.Time `json:"retired_at,omitzero"`
 	RetiredBy       string    `json:"retired_by,omitempty"`
 }
+
+// Removal is what removing a release from an agent's data dir did.
+type Removal struct {
+	Name string `json:"removed"`
+	CID  string `json:"cid,omitempty"`
+	// Unreadable is why the release's envelope did not read, when it was
+	// removed by its name alone.
+	Unreadable string `json:"unreadable,omitempty"`
+}
+
+// GCRequest asks an agent to collect its chunk store's garbage.
+type GCRequest struct {
+	// GraceSeconds keeps unpinned chunks written more recently than this
+	// (a download may be about to pin them); 0 keeps none.
+	GraceSeconds int64 `json:"grace_seconds"`
+}
+
+// GCReport is what a garbage collection did.
+type GCReport struct {
+	RemovedChunks int   `json:"removed_chunks"`
+	RemovedBytes  int64 `json:"removed_bytes"`
+	PinnedChunks  int   `json:"pinned_chunks"`
+	FreshChunks   int   `json:"fresh_chunks"`
+	TempsRemoved  int   `json:"temps_removed"`
+	// PacksRemoved and PacksWritten count pack files deleted and written
+	// by repacking; SpaceReclaimed is the disk space the store gave back.
+	PacksRemoved   int   `json:"packs_removed"`
+	PacksWritten   int   `json:"packs_written"`
+	SpaceReclaimed int64 `json:"space_reclaimed"`
+	// Repinned names the releases an origin's index lists whose pin was
+	// gone, pinned again before collecting.
+	Repinned []string `json:"repinned,omitempty"`
+	// Released names the releases a node was done with whose files and
+	// chunks it let go: retired (beyond the service packs it keeps for a
+	// rollback), uninstalled, or withdrawn before it installed them.
+	Released []string `json:"released,omitempty"`
+	// TreesRemoved counts their installed file trees removed, and
+	// LeftoversRemoved the staging directories and temporary files killed
+	// agents left.
+	TreesRemoved     int `json:"trees_removed,omitempty"`
+	LeftoversRemoved int `json:"leftovers_removed,omitempty"`
+}
+
+// FsckRequest asks an agent to check every chunk of its store.
+type FsckRequest struct {
+	// Repair also fetches the missing chunks of the releases held from
+	// the agent's peers; corrupt chunks are quarantined and fetched again
+	// either way.
+	Repair bool `json:"repair"`
+}
+
+// FsckReport is what a check of an agent's store found.
+type FsckReport struct {
+	Chunks   int           `json:"chunks"`
+	OK       bool          `json:"ok"`
+	Problems []FsckProblem `json:"problems"`
+	// Mending counts the chunks the agent is fetching again from its
+	// peers.
+	Mending int `json:"mending"`
+}
+
+// FsckProblem is one chunk corrupt or missing.
+type FsckProblem struct {
+	CID  string   `json:"cid"`
+	Kind string   `json:"kind"` // "corrupt" (now quarantined) or "missing"
+	Pins []string `json:"pins,omitempty"`
+}

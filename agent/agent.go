@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/patchctl/patchctl/adminapi"
 )
 
@@ -34,6 +36,9 @@ type role interface {
 	reportUp(ctx context.Context)
 	// stop closes the role's services, once its goroutines have ended.
 	stop()
+	// mendFrom returns the peers that may hold a chunk the agent's store
+	// quarantined.
+	mendFrom() []peer.ID
 }
 
 // New opens the agent's data dir and state, and starts its host listening;
@@ -90,6 +95,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: start: %w", err)
 	}
 	a.core.tasks.Go(func(ctx context.Context) { a.core.loop(ctx, a.role) })
+	a.core.tasks.Go(func(ctx context.Context) { a.core.mend(ctx, a.role.mendFrom) })
 	<-ctx.Done()
 	a.core.log.Info("agent: stopping")
 	// The goroutines first, which may still call the services, then the

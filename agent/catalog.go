@@ -41,9 +41,12 @@ type cachedRelease struct {
 	release *Release
 }
 
+// releasesDir holds the catalog: releases/<name>.json.
+const releasesDir = "releases"
+
 // OpenCatalog opens (creating if needed) the catalog under dataDir.
 func OpenCatalog(dataDir string) (*Catalog, error) {
-	dir := filepath.Join(dataDir, "releases")
+	dir := filepath.Join(dataDir, releasesDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}

@@ -147,6 +147,10 @@ type NodeConfig struct {
 	AllowReleaseCommands bool
 	// HookTimeout bounds an install command (default 10 min).
 	HookTimeout time.Duration
+	// KeepServicePacks is how many retired service packs, the newest, a
+	// node keeps the files and chunks of, for a rollback; it frees those
+	// of older ones and of retired hotfixes (default 1; -1 keeps none).
+	KeepServicePacks int
 	// MDNS finds peers of the same site on the LAN by multicast DNS,
 	// beside those the site's tracker names. It needs a multicast-capable
 	// interface.
@@ -165,6 +169,9 @@ const (
 	defaultPoll         = time.Minute
 	defaultOfflineAfter = 3
 	defaultHookTimeout  = 10 * time.Minute
+	// defaultKeepServicePacks: the service pack before the installed one
+	// stays for a rollback.
+	defaultKeepServicePacks = 1
 	// defaultServingPeers is how many peers an origin or a proxy holds at
 	// once unless told otherwise: every node of a large site, or the
 	// proxies of thousands of sites. libp2p's defaults stop at 192 peers
@@ -249,6 +256,9 @@ func (c *Config) Validate() error {
 		if n.HookTimeout < 0 {
 			return errors.New("agent: the hook timeout must not be negative")
 		}
+		if n.KeepServicePacks < -1 {
+			return fmt.Errorf("agent: keep %d service packs: want -1 (none), 0 (the default) or more", n.KeepServicePacks)
+		}
 	}
 	return nil
 }
@@ -295,6 +305,12 @@ func (c Config) withDefaults() (Config, error) {
 		cn := *n
 		if cn.HookTimeout == 0 {
 			cn.HookTimeout = defaultHookTimeout
+		}
+		switch cn.KeepServicePacks {
+		case 0:
+			cn.KeepServicePacks = defaultKeepServicePacks
+		case -1:
+			cn.KeepServicePacks = 0
 		}
 		if cn.BootID == nil {
 			cn.BootID = kernelBootID

@@ -30,6 +30,8 @@ type core struct {
 	trust *trustChain
 	index indexFile
 	tasks tasks
+	// mender fetches back what the store quarantines.
+	mender *mender
 
 	dirty chan struct{} // a state changed: report soon
 	kick  chan struct{} // poll now: an upstream announced a newer index
@@ -73,7 +75,9 @@ func newCore(ctx context.Context, cfg Config) (*core, error) {
 		dirty: make(chan struct{}, 1), kick: make(chan struct{}, 1),
 		downstream: map[peer.ID]time.Time{},
 		failing:    map[string]bool{},
+		mender:     newMender(),
 	}
+	p.OnQuarantine(func(id cid.Cid) { c.mender.lose(id) })
 	if err := c.loadIndex(); err != nil {
 		c.log.Warn("agent: the index held is not usable; starting without one", "err", err)
 	}

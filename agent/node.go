@@ -154,6 +154,7 @@ func (n *node) load() error {
 
 func (n *node) start(context.Context) error {
 	n.peer.Serve(Serving{})
+	n.tasks.Go(n.collectEvery)
 	n.indexService = p2p.NewIndexService(n.peer.Host, n.core, n.up, p2p.IndexConfig{Logger: n.log})
 	n.nudgeService = fleet.NewNudgeService(n.peer.Host, n.up.Nudged, n.log)
 	if n.conf.MDNS {
@@ -193,6 +194,9 @@ func (n *node) HandlePeerFound(info peer.AddrInfo) {
 	n.lanPeers[info.ID] = true
 	n.mu.Unlock()
 }
+
+// mendFrom: the upstreams, and the site peers.
+func (n *node) mendFrom() []peer.ID { return append(slices.Clone(n.up.ids), n.sitePeers()...) }
 
 // sitePeers returns the site peers found by mDNS.
 func (n *node) sitePeers() []peer.ID {
@@ -364,6 +368,7 @@ func (n *node) uninstall(ctx context.Context, e manifest.IndexEntry) error {
 		return nil
 	}
 	n.setLife(e.Name, lifecycle.Uninstalled, "withdrawn; its uninstall command ran at "+rec.UninstalledAt.Format(time.RFC3339))
+	n.collectSoon()
 	return nil
 }
 
@@ -408,6 +413,13 @@ func (n *node) runRelease(ctx context.Context, e manifest.IndexEntry, p lifecycl
 		if ctx.Err() != nil {
 			return nil // stopping: the install runs again at the next start
 		}
+		if missing := n.missingChunks(ctx, m); missing > 0 {
+			// A chunk damaged on disk was quarantined by the read that
+			// found it: the download brings it again, then the install
+			// runs again (its commands had not started).
+			n.log.Warn("agent: chunks of the release were damaged in the store; fetching them again", "release", e.Name, "chunks", missing, "err", err)
+			return fmt.Errorf("%d chunks were damaged in the store and are fetched again: %w", missing, err)
+		}
 		n.setLife(e.Name, lifecycle.Failed, err.Error())
 		return nil
 	}
@@ -429,6 +441,17 @@ func (n *node) runRelease(ctx context.Context, e manifest.IndexEntry, p lifecycl
 	// A hotfix blocked on this service pack may go now.
 	n.after(0, n.reconcile)
 	return nil
+}
+
+// missingChunks counts the chunks of m the store does not hold.
+func (n *node) missingChunks(ctx context.Context, m *manifest.Manifest) int {
+	missing := 0
+	for _, id := range m.ChunkIDs() {
+		if ok, err := n.peer.Store.Has(ctx, id); err == nil && !ok {
+			missing++
+		}
+	}
+	return missing
 }
 
 // installsAtOnce reports whether name, once downloaded, will install
@@ -589,6 +612,9 @@ func (n *node) retire(names []string, by string) {
 			n.log.Warn("agent: move install record", "release", rec.Name, "err", err)
 		}
 		n.setLife(rec.Name, lifecycle.Retired, "retired by "+by)
+	}
+	if len(moved) > 0 {
+		n.collectSoon()
 	}
 }
 

@@ -99,6 +99,13 @@ func (o *origin) poll(context.Context) bool {
 
 func (o *origin) reportUp(context.Context) {}
 
+// mendFrom: the proxies below, which hold copies of what they fetched.
+func (o *origin) mendFrom() []peer.ID {
+	o.core.mu.Lock()
+	defer o.core.mu.Unlock()
+	return o.recentDownstream()
+}
+
 func (o *origin) Health(context.Context) (adminapi.Health, error) { return o.health(), nil }
 
 func (o *origin) Index(context.Context) ([]byte, error) { return o.indexEnvelope() }
@@ -143,12 +150,10 @@ func (o *origin) IngestRelease(ctx context.Context, env []byte) (adminapi.Ingest
 		return adminapi.IngestResult{}, err
 	}
 	res := adminapi.IngestResult{Name: m.Name, CID: id.String(), Missing: []string{}}
+	// A release held already is checked for missing chunks too: one
+	// quarantined since is sent again by the publisher that sends it again.
 	if held, err := o.peer.Catalog.Get(m.Name); err == nil {
-		if held.CID.Equals(id) {
-			res.Stored = true
-			return res, nil
-		}
-		if err := manifest.CheckSequence(held.Manifest, m); err != nil {
+		if err := manifest.CheckSequence(held.Manifest, m); err != nil && !held.CID.Equals(id) {
 			return adminapi.IngestResult{}, err
 		}
 	} else if !errors.Is(err, ErrReleaseNotFound) {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -34,6 +36,8 @@ type Peer struct {
 
 	cfg    PeerConfig
 	client *p2p.Client
+	// quarantined is told of each chunk the store quarantines.
+	quarantined *atomic.Pointer[func(cid.Cid)]
 
 	mu       sync.Mutex
 	fetching map[cid.Cid]*inFlight // releases being fetched, by manifest CID
@@ -50,12 +54,25 @@ type inFlight struct {
 // NewPeer opens the data dir and starts the host, listening; it serves
 // nothing until Serve.
 func NewPeer(ctx context.Context, cfg PeerConfig) (*Peer, error) {
-	s, err := store.OpenDisk(cfg.DataDir)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	quarantined := &atomic.Pointer[func(cid.Cid)]{}
+	s, err := store.OpenDiskWith(cfg.DataDir, store.DiskOptions{OnCorrupt: func(id cid.Cid, err error) {
+		// The chunk is gone from the store, and no longer offered to
+		// peers; the agent fetches it again.
+		log.Error("agent: a stored chunk is damaged and was quarantined; it is fetched again", "chunk", id, "err", err)
+		if fn := quarantined.Load(); fn != nil {
+			(*fn)(id)
+		}
+	}})
 	if err != nil {
 		return nil, err
 	}
 	cat, err := OpenCatalog(cfg.DataDir)
 	if err != nil {
+		s.Close()
 		return nil, err
 	}
 	hc := p2p.HostConfig{DataDir: cfg.DataDir, ListenAddrs: cfg.ListenAddrs, NetworkKey: cfg.NetworkKey, Gater: cfg.Gater, DialTCP: cfg.DialTCP, Peers: cfg.Peers}
@@ -64,13 +81,14 @@ func NewPeer(ctx context.Context, cfg PeerConfig) (*Peer, error) {
 	}
 	h, err := p2p.NewHost(ctx, hc)
 	if err != nil {
+		s.Close()
 		return nil, err
 	}
 	if cfg.HostReady != nil {
 		cfg.HostReady(h)
 	}
 	return &Peer{
-		Host: h, Store: s, Catalog: cat, cfg: cfg,
+		Host: h, Store: s, Catalog: cat, cfg: cfg, quarantined: quarantined,
 		client:   &p2p.Client{Host: h},
 		notifier: p2p.NewHaveNotifier(),
 		fetching: map[cid.Cid]*inFlight{},
@@ -108,8 +126,14 @@ func (p *Peer) Close() error {
 		p.have.Close()
 		p.manifest.Close()
 	}
-	return p.Host.Close()
+	err := p.Host.Close()
+	// The store last: makes every chunk written durable, and lets another
+	// process open the data dir.
+	return errors.Join(err, p.Store.Close())
 }
+
+// OnQuarantine has fn told of each chunk the store quarantines from now on.
+func (p *Peer) OnQuarantine(fn func(cid.Cid)) { p.quarantined.Store(&fn) }
 
 // Addrs returns the node's listen addresses with its peer ID, as peers dial
 // them.

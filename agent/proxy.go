@@ -483,6 +483,9 @@ func (p *proxy) site() fleet.SiteStatus {
 	return s
 }
 
+// mendFrom: the upstreams, and the sibling proxies.
+func (p *proxy) mendFrom() []peer.ID { return append(slices.Clone(p.up.ids), p.siblings...) }
+
 // reportUp sends the proxy's site, and the sites below it, to its upstream,
 // and takes the retries the answer orders.
 func (p *proxy) reportUp(ctx context.Context) {

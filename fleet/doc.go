@@ -1,8 +1,9 @@
 // Package fleet owns the protocols that run the fleet, beside package p2p's,
 // which move content: the tracker, where a node reports to its site's proxy
 // what it holds and how its deployments stand and learns which site peers to
-// swarm with and which retries an operator ordered; and status, where a
-// proxy reports its site and the sites below it to its upstream. It owns
+// swarm with and which retries an operator ordered; status, where a
+// proxy reports its site and the sites below it to its upstream; and
+// nudge, where an upstream asks a peer below to report now. It owns
 // their messages, their validation and their fuzzed decoders, and builds on
 // p2p's framing, handlers and client.
 //

@@ -1,10 +1,11 @@
 // Package p2p owns how content moves between nodes: the libp2p host
 // (identity, transports, private network key, peer allowlist), the content
-// protocols (manifest, have, chunk, and index with its announcements) with
+// protocols (manifest, have, chunk, index with its announcements, and the
+// trust roots' chain) with
 // their framing and message encodings, upload and download rate limits, the
 // Upstream a proxy's cache fetches through, and the swarm fetcher, which
 // chooses which chunk to get from which peer, scores peers and bans liars.
-// The fleet's own protocols (tracker, status) live in package fleet, built on
+// The fleet's own protocols (tracker, status, nudge) live in package fleet, built on
 // the framing, handlers and client exported here.
 //
 // It depends on chunk storage only through the small interfaces it declares

@@ -6,6 +6,12 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/patchctl/patchctl/adminapi"
+	"github.com/patchctl/patchctl/lifecycle"
+	"github.com/patchctl/patchctl/manifest"
 )
 
 // markerHook is the install hook of test releases: it leaves a marker file
@@ -232,5 +238,199 @@ func TestEvictionNeverDropsAChunkATargetedNotYetInstalledReleaseNeeds(t *testing
 	waitInstalled(t, n, next, time.Minute, s)
 	if again := s.WANDown.Bytes() - before; again > next.StoredSize/20 {
 		t.Errorf("the returning node's install pulled %d bytes over the WAN; the proxy should have served it", again)
+	}
+}
+
+func TestAChunkDamagedOnANodesDiskIsFetchedAgainAndTheInstallGoesOn(t *testing.T) {
+	n := startNetwork(t, Config{Sites: 1, NodesPerSite: 1, WAN: 16 << 20})
+	node := n.Sites[0].Nodes[0]
+	r := publish(t, n, "SP-S041000005", 8, 2<<20)
+	ix := n.NewIndex(1, r)
+	ix.Deployments = append(ix.Deployments, manifest.Deployment{Release: r.Name, Mode: manifest.ModeAvailable})
+	if err := n.SetIndex(ix); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the node to download the release", func() bool {
+		return stateOf(node, r.Name).State == lifecycle.Downloaded
+	})
+
+	// Bit rot on the node's disk, in the middle of one chunk's frame.
+	s := node.Agent.Peer().Store
+	victim := r.Manifest.ChunkIDs()[len(r.Manifest.ChunkIDs())/2]
+	loc, err := s.Locate(t.Context(), victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(loc.Pack, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, loc.Offset+loc.Size/2); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, loc.Offset+loc.Size/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	if _, err := node.Agent.API().(adminapi.Node).Install(t.Context(), r.Name); err != nil {
+		t.Fatal(err)
+	}
+	waitInstalled(t, n, r, time.Minute, n.Sites[0])
+	if q := s.Quarantined(); q != 1 {
+		t.Errorf("the node quarantined %d chunks, want the one damaged", q)
+	}
+	if ok, err := s.Has(t.Context(), victim); !ok || err != nil {
+		t.Errorf("the damaged chunk is not held again: %v %v", ok, err)
+	}
+	if _, err := s.Get(t.Context(), victim); err != nil {
+		t.Errorf("the chunk fetched again does not read: %v", err)
+	}
+}
+
+func TestAChunkDamagedAtTheOriginIsFetchedBackFromAProxyAndTheRolloutGoesOn(t *testing.T) {
+	n := startNetwork(t, Config{Sites: 2, NodesPerSite: 1, WAN: 16 << 20})
+	first, second := n.Sites[0], n.Sites[1]
+	r := publish(t, n, "SP-S041000005", 9, 2<<20)
+	r.Entry.Sites = []string{first.Name}
+	if err := n.Announce(1, r); err != nil {
+		t.Fatal(err)
+	}
+	waitInstalled(t, n, r, time.Minute, first)
+
+	// Bit rot at the origin, in a chunk only the first site's proxy holds
+	// a copy of.
+	origin := n.Origin.Agent.Peer().Store
+	victim := r.Manifest.ChunkIDs()[len(r.Manifest.ChunkIDs())/3]
+	loc, err := origin.Locate(t.Context(), victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(loc.Pack, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, loc.Offset+loc.Size/2); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, loc.Offset+loc.Size/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	// The second site's proxy fetching it is what finds the damage.
+	r.Entry.Sites = nil
+	if err := n.Announce(2, r); err != nil {
+		t.Fatal(err)
+	}
+	waitInstalled(t, n, r, time.Minute, second)
+	if q := origin.Quarantined(); q != 1 {
+		t.Errorf("the origin quarantined %d chunks, want the one damaged", q)
+	}
+	if _, err := origin.Get(t.Context(), victim); err != nil {
+		t.Errorf("the origin does not hold the damaged chunk again: %v", err)
+	}
+}
+
+func TestANodeKeepsTheLastServicePackForARollbackAndFreesTheRest(t *testing.T) {
+	n := startNetwork(t, Config{Sites: 1, NodesPerSite: 1, WAN: 32 << 20})
+	node := n.Sites[0].Nodes[0]
+	sp1 := publish(t, n, "SP-S041000005", 11, 1<<20)
+	hf1 := publish(t, n, "HF-S041000005-001", 12, 256<<10)
+	sp2 := publish(t, n, "SP-S041000006", 13, 1<<20)
+	sp3 := publish(t, n, "SP-S041000007", 14, 1<<20)
+	// Each service pack in turn, the hotfix with the first.
+	for v, rels := range [][]*Release{{sp1, hf1}, {sp1, hf1, sp2}, {sp1, hf1, sp2, sp3}} {
+		if err := n.Announce(uint64(v+1), rels...); err != nil {
+			t.Fatal(err)
+		}
+		waitInstalled(t, n, rels[len(rels)-1], time.Minute, n.Sites[0])
+	}
+	waitFor(t, 30*time.Second, "the retired releases to be retired", func() bool {
+		return stateOf(node, sp2.Name).State == lifecycle.Retired && stateOf(node, sp1.Name).State == lifecycle.Retired
+	})
+
+	// The node lets go of the files and envelopes on its own; the chunks
+	// it frees on its own after an hour's grace, or when an operator's gc
+	// says 0.
+	waitFor(t, 30*time.Second, "the node to remove the oldest service pack's files", func() bool {
+		_, err := os.Stat(filepath.Join(node.dir, "installed", sp1.Name))
+		return os.IsNotExist(err) && !node.Agent.Peer().Catalog.Has(hf1.Name)
+	})
+	rep, err := node.Agent.API().CollectGarbage(t.Context(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := node.Agent.Peer()
+	for _, c := range []struct {
+		r    *Release
+		kept bool
+	}{{sp1, false}, {hf1, false}, {sp2, true}, {sp3, true}} {
+		_, err := os.Stat(filepath.Join(node.dir, "installed", c.r.Name))
+		if tree := err == nil; tree != c.kept {
+			t.Errorf("%s: installed files held %v, want %v", c.r.Name, tree, c.kept)
+		}
+		if held := StoredBytes(t.Context(), p.Store, c.r.Manifest); (held == c.r.StoredSize) != c.kept {
+			t.Errorf("%s: %d of %d bytes of chunks held; kept %v", c.r.Name, held, c.r.StoredSize, c.kept)
+		}
+		if c.kept != p.Catalog.Has(c.r.Name) {
+			t.Errorf("%s: envelope held %v, want %v", c.r.Name, !c.kept, c.kept)
+		}
+		// What happened to each release stays known.
+		if want := map[bool]string{false: lifecycle.Retired, true: stateOf(node, c.r.Name).State}[c.kept]; stateOf(node, c.r.Name).State != want {
+			t.Errorf("%s: state %s, want %s", c.r.Name, stateOf(node, c.r.Name).State, want)
+		}
+	}
+	if rep.RemovedChunks == 0 || rep.RemovedBytes == 0 {
+		t.Errorf("gc reported %+v, want the chunks of the releases let go freed", rep)
+	}
+	var chunks int64
+	_ = p.Store.List(t.Context(), func(id cid.Cid) error {
+		if info, err := p.Store.Stat(t.Context(), id); err == nil {
+			chunks += info.StoredSize
+		}
+		return nil
+	})
+	if want := sp2.StoredSize + sp3.StoredSize; chunks > want {
+		t.Errorf("the node holds %d bytes of chunks, more than the %d of the two service packs it keeps", chunks, want)
+	}
+}
+
+func TestANodeRemovesWhatAKilledAgentLeftWhenItStartsAgain(t *testing.T) {
+	n := startNetwork(t, Config{Sites: 1, NodesPerSite: 1, WAN: 32 << 20})
+	node := n.Sites[0].Nodes[0]
+	if err := n.Stop(node); err != nil {
+		t.Fatal(err)
+	}
+	leftovers := []string{
+		filepath.Join(node.dir, "installed", ".staging-SP-S041000005", "bin", "tool"),
+		filepath.Join(node.dir, "installed", ".SP-S041000005.assembly-123", "x"),
+		filepath.Join(node.dir, "releases", ".tmp-SP-S041000005.json-456"),
+	}
+	for _, f := range leftovers {
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(f, []byte("left by a killed agent"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.Start(t.Context(), node); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the leftovers to be removed", func() bool {
+		for _, f := range leftovers {
+			if _, err := os.Stat(f); err == nil {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := os.Stat(filepath.Join(node.dir, "installed")); err != nil {
+		t.Errorf("the installed directory itself went: %v", err)
 	}
 }

@@ -53,6 +53,7 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "install-hook", Usage: "node: `COMMAND` run with /bin/sh -c in each installed release's directory, with PATCH_NAME, PATCH_DIR and PATCH_MANIFEST set"},
 			&cli.BoolFlag{Name: "allow-release-commands", Usage: "node: also run the install command a release carries (signed with it)"},
 			&cli.DurationFlag{Name: "hook-timeout", Value: 10 * time.Minute, Usage: "node: stop an install command, and every process it started, after this long; the install fails"},
+			&cli.IntFlag{Name: "keep-service-packs", Value: 1, Usage: "node: keep the files and chunks of this many retired service packs, the newest, for a rollback; those of older ones and of retired hotfixes are freed"},
 			&cli.BoolFlag{Name: "mdns", Usage: "node: find peers of the same site on the LAN by multicast DNS"},
 			&cli.StringFlag{Name: "boot-id-file", Value: agent.BootIDFile, Usage: "node: where the machine's boot identity is read: a release that needs a restart takes effect once it changes"},
 			&cli.StringFlag{Name: "admin", Value: "127.0.0.1:7411", Usage: "serve the admin API on `HOST:PORT` (port 0: any free one)"},
@@ -79,6 +80,7 @@ var roleFlags = map[string][]agent.Role{
 	"allow-release-commands": {agent.RoleNode},
 	"hook-timeout":           {agent.RoleNode},
 	"mdns":                   {agent.RoleNode},
+	"keep-service-packs":     {agent.RoleNode},
 	"boot-id-file":           {agent.RoleNode},
 }
 
@@ -210,6 +212,14 @@ func agentConfig(c *cli.Context, g globals) (agent.Config, error) {
 		}
 		if n.HookTimeout <= 0 {
 			return cfg, usageError("--hook-timeout must be positive")
+		}
+		switch keep := c.Int("keep-service-packs"); {
+		case keep < 0:
+			return cfg, usageError("--keep-service-packs must not be negative")
+		case keep == 0:
+			n.KeepServicePacks = -1 // none
+		default:
+			n.KeepServicePacks = keep
 		}
 		for _, l := range c.StringSlice("label") {
 			k, v, err := lifecycle.ParseLabel(l)

@@ -229,16 +229,67 @@ func (g globals) printJSON(v any) error {
 }
 
 // openStore opens the chunk store and release catalog under the data dir.
+// One process at a time has a store open: on the data dir of a running
+// agent it fails, saying which agent and how to ask it instead.
 func (g globals) openStore() (*store.Disk, *agent.Catalog, error) {
 	s, err := store.OpenDisk(g.dataDir)
+	if errors.Is(err, store.ErrLocked) {
+		who := "an agent"
+		if info := readAgentInfo(g.dataDir); info != nil {
+			who = fmt.Sprintf("the %s agent (pid %d)", info.Role, info.PID)
+		}
+		return nil, nil, fmt.Errorf("%s is running on the data dir %s and has its store open: stop it, or ask it (patchctl status, about, rm, gc): %w", who, g.dataDir, err)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
 	cat, err := agent.OpenCatalog(g.dataDir)
 	if err != nil {
+		s.Close()
 		return nil, nil, err
 	}
 	return s, cat, nil
+}
+
+// openStoreForReading opens the data dir's store and catalog to read them:
+// beside a running agent, whose store is locked, it opens the store
+// read-only, seeing the chunks the agent held when it was opened.
+func (g globals) openStoreForReading() (*store.Disk, *agent.Catalog, error) {
+	s, cat, err := g.openStore()
+	if !errors.Is(err, store.ErrLocked) {
+		return s, cat, err
+	}
+	s, err = store.OpenDiskReadOnly(g.dataDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	cat, err = agent.OpenCatalog(g.dataDir)
+	if err != nil {
+		s.Close()
+		return nil, nil, err
+	}
+	return s, cat, nil
+}
+
+// openStoreOrAgent opens the data dir's store and catalog, or, if the agent
+// running on it has the store open, returns a client of that agent's admin
+// API (with the token it keeps in the data dir) to ask it instead.
+func (g globals) openStoreOrAgent(c *cli.Context) (*store.Disk, *agent.Catalog, *adminapi.Client, error) {
+	s, cat, err := g.openStore()
+	if err == nil || !errors.Is(err, store.ErrLocked) || readAgentInfo(g.dataDir) == nil {
+		return s, cat, nil, err
+	}
+	ac, aerr := adminClient(c, g, "admin-url")
+	if aerr != nil {
+		return nil, nil, nil, fmt.Errorf("%w; its admin API: %w", err, aerr)
+	}
+	return nil, nil, ac, nil
+}
+
+// openCatalog opens the release catalog under the data dir alone: it may
+// be read and written beside a running agent.
+func (g globals) openCatalog() (*agent.Catalog, error) {
+	return agent.OpenCatalog(g.dataDir)
 }
 
 // warnUnreadable says which catalog entries do not read as releases, and

@@ -5,12 +5,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/ipfs/go-cid"
+
+	"github.com/patchctl/patchctl/store"
 	"github.com/patchctl/patchctl/testnet/packgen"
 )
 
@@ -137,14 +142,43 @@ func (e *env) publish(args ...string) publishJSON {
 	return p
 }
 
-// chunkFiles lists the stored chunk files.
-func (e *env) chunkFiles() []string {
+// storedChunks lists the chunks the data dir's store holds, and where each
+// is, opening the store between commands.
+func (e *env) storedChunks() map[cid.Cid]store.Location {
 	e.t.Helper()
-	files, err := filepath.Glob(filepath.Join(e.data, "chunks", "*", "*.zst"))
+	return storedChunksIn(e.t, e.data)
+}
+
+func storedChunksIn(t *testing.T, dataDir string) map[cid.Cid]store.Location {
+	t.Helper()
+	s, err := store.OpenDiskReadOnly(dataDir)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
-	return files
+	defer s.Close()
+	chunks := map[cid.Cid]store.Location{}
+	err = s.List(t.Context(), func(id cid.Cid) error {
+		loc, err := s.Locate(t.Context(), id)
+		chunks[id] = loc
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return chunks
+}
+
+// packBytes is the size of the pack files under a data dir: what a running
+// process has written to its store, watched without opening it.
+func packBytes(dataDir string) int64 {
+	packs, _ := filepath.Glob(filepath.Join(dataDir, "packs", "*.pack"))
+	var n int64
+	for _, p := range packs {
+		if fi, err := os.Stat(p); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n
 }
 
 func sameTree(t *testing.T, want, got string) {
@@ -278,27 +312,25 @@ func TestTamperedEnvelopesFailVerification(t *testing.T) {
 func TestCorruptAndMissingChunks(t *testing.T) {
 	e := newEnv(t)
 	p := e.publish("--name", "HF-S041000005-012", "pack")
-	chunks := e.chunkFiles()
+	chunks := e.storedChunks()
 	if len(chunks) != p.Chunks {
-		t.Fatalf("%d chunk files, publish said %d chunks", len(chunks), p.Chunks)
+		t.Fatalf("%d chunks stored, publish said %d chunks", len(chunks), p.Chunks)
 	}
-	victim := chunks[len(chunks)/2]
-	data, err := os.ReadFile(victim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data[len(data)-10] ^= 0x01
-	if err := os.WriteFile(victim, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	victimCID := strings.TrimSuffix(filepath.Base(victim), ".zst")
+	ids := slices.SortedFunc(maps.Keys(chunks), func(a, b cid.Cid) int { return strings.Compare(a.KeyString(), b.KeyString()) })
+	victim := ids[len(ids)/2]
+	flipByte(t, chunks[victim].Pack, chunks[victim].Offset+chunks[victim].Size-10)
 
-	r := e.fails(1, victimCID, "fsck")
+	// The first read of the bad frame names it, and quarantines it: from
+	// then on the chunk is missing, for a fetch to bring it again.
+	r := e.fails(1, victim.String(), "fsck")
 	if strings.Count(r.stdout, "\n") != 1 {
 		t.Errorf("fsck should name exactly one chunk:\n%s", r.stdout)
 	}
-	e.fails(1, victimCID, "verify", "--trust", "trust.json", "HF-S041000005-012")
-	e.fails(1, victimCID, "extract", "HF-S041000005-012", "out")
+	if _, held := e.storedChunks()[victim]; held {
+		t.Errorf("the corrupt chunk %s is still in the store after fsck", victim)
+	}
+	e.fails(1, victim.String(), "verify", "--trust", "trust.json", "HF-S041000005-012")
+	e.fails(1, victim.String(), "extract", "HF-S041000005-012", "out")
 	if _, err := os.Stat(filepath.Join(e.dir, "out")); !os.IsNotExist(err) {
 		t.Errorf("a failed extract left %s behind: %v", "out", err)
 	}
@@ -306,30 +338,67 @@ func TestCorruptAndMissingChunks(t *testing.T) {
 	if len(leftovers) > 0 {
 		t.Errorf("a failed extract left staging behind: %v", leftovers)
 	}
-
-	os.Remove(victim)
 	r = e.fails(1, "missing", "fsck")
-	if !strings.Contains(r.stdout, victimCID) || !strings.Contains(r.stdout, "HF-S041000005-012") {
+	if !strings.Contains(r.stdout, victim.String()) || !strings.Contains(r.stdout, "HF-S041000005-012") {
 		t.Errorf("fsck should name the missing chunk and its release:\n%s", r.stdout)
+	}
+
+	// A corrupt chunk verify meets first is named the same way.
+	other := ids[0]
+	flipByte(t, chunks[other].Pack, chunks[other].Offset+chunks[other].Size/2)
+	e.fails(1, other.String(), "verify", "--trust", "trust.json", "HF-S041000005-012")
+}
+
+// flipByte flips one bit of the byte at off in the file at path.
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x01
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
 	}
 }
 
 func TestRemoveAndGC(t *testing.T) {
 	e := newEnv(t)
 	e.publish("--name", "HF-S041000005-012", "pack")
-	before := len(e.chunkFiles())
+	before := len(e.storedChunks())
+	if before == 0 {
+		t.Fatal("publish stored no chunks")
+	}
 	e.ok("gc", "--grace", "0s")
-	if n := len(e.chunkFiles()); n != before {
+	if n := len(e.storedChunks()); n != before {
 		t.Fatalf("gc removed pinned chunks: %d -> %d", before, n)
 	}
 	e.ok("rm", "HF-S041000005-012")
 	e.ok("gc", "--grace", "1h")
-	if n := len(e.chunkFiles()); n != before {
+	if n := len(e.storedChunks()); n != before {
 		t.Fatalf("gc removed chunks within the grace period: %d -> %d", before, n)
 	}
-	e.ok("gc", "--grace", "0s")
-	if n := len(e.chunkFiles()); n != 0 {
+	out := e.ok("gc", "--json", "--grace", "0s")
+	if n := len(e.storedChunks()); n != 0 {
 		t.Fatalf("gc left %d unpinned chunks", n)
+	}
+	var rep struct {
+		Removed        int   `json:"removed_chunks"`
+		SpaceReclaimed int64 `json:"space_reclaimed"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("gc --json printed %q: %v", out, err)
+	}
+	if rep.Removed != before || rep.SpaceReclaimed <= 0 {
+		t.Errorf("gc reported %+v, want %d chunks removed and disk space reclaimed", rep, before)
+	}
+	if packs, _ := filepath.Glob(filepath.Join(e.data, "packs", "*.pack")); len(packs) > 1 {
+		t.Errorf("%d packs are left holding nothing: %v", len(packs), packs)
 	}
 	e.fails(3, "not found", "verify", "--trust", "trust.json", "HF-S041000005-012")
 }

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/store"
 )
 
@@ -26,10 +28,11 @@ func extractCommand() *cli.Command {
 }
 
 func runExtract(c *cli.Context, g globals, trustFile, ref, dir string) error {
-	s, cat, err := g.openStore()
+	s, cat, err := g.openStoreForReading()
 	if err != nil {
 		return err
 	}
+	defer s.Close()
 	r, err := cat.Get(ref)
 	if err != nil {
 		return err
@@ -46,6 +49,11 @@ func runExtract(c *cli.Context, g globals, trustFile, ref, dir string) error {
 	}
 	bar := newProgress(g, m.TotalSize(), "extract", true)
 	err = store.Extract(c.Context, s, m, dir, store.ExtractOptions{Progress: func(n int64) { progressSet(bar, n) }})
+	if errors.Is(err, store.ErrNotFound) {
+		// The release is held, so a chunk it needs is missing: bad data,
+		// which a fetch of the release brings again.
+		return fmt.Errorf("%w: missing from the store (patchctl fsck lists what else is; fetching the release again brings it): %w", err, adminapi.ErrBadData)
+	}
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,8 @@ func gcCommand() *cli.Command {
 		Name:      "gc",
 		Usage:     "delete chunks no release pins",
 		ArgsUsage: " ",
+		Description: "On a data dir an agent is running on, the agent collects, through its admin API.\n" +
+			"At the origin, every release its index lists is kept whole.",
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "grace", Value: store.DefaultGCGrace, Usage: "keep unpinned chunks written more recently than this (a publish or fetch may be about to pin them)"},
 		},
@@ -23,26 +25,45 @@ func gcCommand() *cli.Command {
 			if err := exactArgs(c, 0, "no arguments"); err != nil {
 				return err
 			}
+			if c.Duration("grace") < 0 {
+				return usageError("--grace must not be negative, not %s", c.Duration("grace"))
+			}
 			g := globalsOf(c)
-			s, cat, err := g.openStore()
-			if err != nil {
+			var rep adminapi.GCReport
+			s, cat, ac, err := g.openStoreOrAgent(c)
+			switch {
+			case err != nil:
 				return err
+			case ac != nil:
+				rep, err = ac.CollectGarbage(c.Context, c.Duration("grace"))
+			default:
+				defer s.Close()
+				ix, ierr := originIndexHere(g)
+				if ierr != nil {
+					return ierr
+				}
+				rep, err = agent.CollectGarbage(c.Context, s, cat, ix, c.Duration("grace"))
 			}
-			repinned, err := repinListed(c, g, s, cat)
-			if err != nil {
-				return err
-			}
-			res, err := store.GC(c.Context, s, store.GCOptions{Grace: c.Duration("grace")})
 			if err != nil {
 				return err
 			}
 			if g.json {
-				return g.printJSON(map[string]any{"removed_chunks": res.Deleted, "removed_bytes": res.BytesFreed, "pinned_chunks": res.Pinned, "fresh_chunks": res.Fresh, "temps_removed": res.TempsRemoved, "repinned": repinned})
+				return g.printJSON(rep)
 			}
-			for _, name := range repinned {
+			for _, name := range rep.Repinned {
 				fmt.Fprintf(g.stdout, "pinned %s again: the origin's index lists it\n", name)
 			}
-			fmt.Fprintf(g.stdout, "removed %d chunks (%s); kept %d pinned and %d unpinned within the grace period\n", res.Deleted, humanBytes(res.BytesFreed), res.Pinned, res.Fresh)
+			for _, name := range rep.Released {
+				fmt.Fprintf(g.stdout, "let go of %s: the node is done with it\n", name)
+			}
+			if rep.TreesRemoved > 0 || rep.LeftoversRemoved > 0 {
+				fmt.Fprintf(g.stdout, "removed %d installed file trees and %d leftovers of killed agents\n", rep.TreesRemoved, rep.LeftoversRemoved)
+			}
+			fmt.Fprintf(g.stdout, "removed %d chunks (%s); kept %d pinned and %d unpinned within the grace period", rep.RemovedChunks, humanBytes(rep.RemovedBytes), rep.PinnedChunks, rep.FreshChunks)
+			if rep.SpaceReclaimed > 0 {
+				fmt.Fprintf(g.stdout, "; %s of disk reclaimed", humanBytes(rep.SpaceReclaimed))
+			}
+			fmt.Fprintln(g.stdout)
 			return nil
 		},
 	}
@@ -57,48 +78,4 @@ func originIndexHere(g globals) (*manifest.Index, error) {
 		return nil, nil
 	}
 	return readIndex(g)
-}
-
-// refuseListed refuses to forget a release the origin's index lists.
-func refuseListed(g globals, cat *agent.Catalog, ref string) error {
-	ix, err := originIndexHere(g)
-	if err != nil || ix == nil {
-		return err
-	}
-	name := ref
-	if r, err := cat.Get(ref); err == nil {
-		name = r.Name
-	}
-	if e, ok := ix.Lookup(name); ok && !e.Withdrawn {
-		return fmt.Errorf("%s is listed in the origin's index version %d, and nodes may still fetch it; withdraw it first (patchctl withdraw): %w", name, ix.Version, adminapi.ErrConflict)
-	}
-	return nil
-}
-
-// repinListed pins again every release the origin's index lists whose pin is
-// gone, so that gc never takes chunks nodes may still fetch.
-func repinListed(c *cli.Context, g globals, s *store.Disk, cat *agent.Catalog) ([]string, error) {
-	ix, err := originIndexHere(g)
-	if err != nil || ix == nil {
-		return nil, err
-	}
-	pins, err := s.Pins(c.Context)
-	if err != nil {
-		return nil, err
-	}
-	var again []string
-	for _, e := range ix.Releases {
-		if _, ok := pins[e.Name]; ok || e.Withdrawn {
-			continue
-		}
-		r, err := cat.Get(e.Name)
-		if err != nil {
-			continue // not held here: nothing to keep
-		}
-		if err := s.Pin(c.Context, r.Name, r.Manifest.ChunkIDs()); err != nil {
-			return again, err
-		}
-		again = append(again, r.Name)
-	}
-	return again, nil
 }

@@ -108,6 +108,7 @@ func runPush(c *cli.Context, g globals, ref string) error {
 	if err != nil {
 		return err
 	}
+	defer s.Close()
 	r, err := releaseToPush(cat, ref)
 	if err != nil {
 		return err

@@ -177,7 +177,7 @@ func runIndexAdd(c *cli.Context, g globals) error {
 	if err != nil {
 		return err
 	}
-	_, cat, err := g.openStore()
+	cat, err := g.openCatalog()
 	if err != nil {
 		return err
 	}

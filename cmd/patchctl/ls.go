@@ -23,10 +23,11 @@ func lsCommand() *cli.Command {
 }
 
 func runLs(c *cli.Context, g globals) error {
-	s, cat, err := g.openStore()
+	s, cat, err := g.openStoreForReading()
 	if err != nil {
 		return err
 	}
+	defer s.Close()
 	releases, bad, err := cat.List()
 	if err != nil {
 		return err

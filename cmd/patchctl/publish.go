@@ -143,6 +143,7 @@ func runPublish(c *cli.Context, g globals, keyFiles []string, paths []string, ou
 	if err != nil {
 		return err
 	}
+	defer s.Close()
 	bar := newProgress(g, total, "publish", true)
 	opts.Ingest.Progress = func(n int64) { progressSet(bar, n) }
 	start := time.Now()

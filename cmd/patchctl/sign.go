@@ -64,7 +64,7 @@ func loadSignable(g globals, ref, out string) ([]byte, func([]byte) error, error
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, nil, err
 	}
-	_, cat, err := g.openStore()
+	cat, err := g.openCatalog()
 	if err != nil {
 		return nil, nil, err
 	}

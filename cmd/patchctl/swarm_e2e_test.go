@@ -117,20 +117,16 @@ func TestFetchKilledHalfwayResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for {
-		stored, _ := filepath.Glob(filepath.Join(other, "chunks", "*", "*.zst"))
-		if len(stored) >= p.Chunks/3 {
-			break
-		}
+	for packBytes(other) < p.StoredBytes/3 {
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
-			t.Fatalf("the fetch stored %d of %d chunks in 30 s", len(stored), p.Chunks)
+			t.Fatalf("the fetch stored %d of %d bytes in 30 s", packBytes(other), p.StoredBytes)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
-	stored, _ := filepath.Glob(filepath.Join(other, "chunks", "*", "*.zst"))
+	stored := storedChunksIn(t, other)
 	if len(stored) >= p.Chunks {
 		t.Fatalf("the fetch finished before it was killed")
 	}

@@ -71,10 +71,11 @@ func runVerify(c *cli.Context, g globals, trustFile, ref string) error {
 	if err != nil {
 		return err
 	}
-	s, cat, err := g.openStore()
+	s, cat, err := g.openStoreForReading()
 	if err != nil {
 		return err
 	}
+	defer s.Close()
 	envelope, err := loadEnvelope(cat, ref)
 	if err != nil {
 		return err
