@@ -380,6 +380,14 @@ func TestAFleetInstallsServicePacksAndHotfixesAsDeployedAndReportsExactStatus(t 
 	if _, err := os.Stat(filepath.Join(nodes["a3"].dir, "retired", "HF-S041000005-001.json")); err != nil {
 		t.Errorf("the hotfix's record did not move to retired: %v", err)
 	}
+	// The node frees what it retired, but the newest retired service
+	// pack (--keep-service-packs 1), for a rollback.
+	waitFor(t, "a3 frees the retired hotfix and keeps the retired service pack", func() (bool, string) {
+		_, hf := os.Stat(filepath.Join(nodes["a3"].dir, "installed", "HF-S041000005-001"))
+		_, hfPin := os.Stat(filepath.Join(nodes["a3"].dir, "pins", "HF-S041000005-001"))
+		_, sp := os.Stat(filepath.Join(nodes["a3"].dir, "installed", "SP-S041000005"))
+		return os.IsNotExist(hf) && os.IsNotExist(hfPin) && sp == nil, fmt.Sprintf("hotfix tree %v, pin %v; service pack tree %v", hf, hfPin, sp)
+	})
 	t.Logf("final status:\n%s", e.ok("status", "--origin", origin.info.Admin))
 	for site, p := range proxy {
 		if _, err := os.Stat(filepath.Join(p.dir, "installed")); err == nil {
