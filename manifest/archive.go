@@ -87,6 +87,11 @@ const (
 	// archiveSlack is what the walker sees beyond the longest chunk: a
 	// header starting just before Max, or a data descriptor after it.
 	archiveSlack = maxZipHeader + 64
+	// resyncWindow is how far past the end its header gives a member's
+	// data the walker looks for the next header when the bytes at that end
+	// are not one: the data grew (an insertion), and ends where the next
+	// member starts. The walker sees this much more than archiveSlack.
+	resyncWindow = 32 << 10
 )
 
 // ZIP signatures and sizes.
@@ -107,22 +112,32 @@ type frameKind uint8
 
 const (
 	// frameBlob is bytes of unknown structure (the whole stream, a
-	// member's data): cut by FastCDC, before any ZIP local header found in
-	// them, and walked as a tar if a tar header starts them.
+	// member's data): cut by FastCDC, before any ZIP local header or tar
+	// header found in them, where an archive walk starts.
 	frameBlob frameKind = iota
-	// frameUnit is bytes cut by FastCDC alone: a header, or member data
-	// whose end was found by its data descriptor.
+	// frameUnit is bytes cut by FastCDC alone: a header, member data
+	// whose end was found by its data descriptor, an archive's end.
 	frameUnit
 	// frameZip is a run of ZIP members: a local header, its data, the
-	// next local header... It ends at the first bytes that are not one.
+	// next local header... It ends at the first bytes that are not one,
+	// and becomes frameZipDir if those are the central directory.
 	frameZip
 	// frameTar is a run of tar members, ending at the first block that is
-	// not a valid header (the end-of-archive zero blocks, or damage).
+	// not a valid header; it becomes frameTarEnd if that is a zero block.
 	frameTar
 	// frameZipStream is the data of a ZIP member whose size only its data
 	// descriptor tells (flag bit 3 with zero sizes): cut by FastCDC until
-	// a descriptor whose size matches the bytes before it is found.
+	// a descriptor whose size matches the bytes before it is found, or
+	// the next local header.
 	frameZipStream
+	// frameZipDir is a ZIP's central directory and end records, cut by
+	// FastCDC: walked record by record to the end of the end of central
+	// directory record, so that bytes appended to an archive do not
+	// change its last chunk.
+	frameZipDir
+	// frameTarEnd is a tar's end-of-archive zero blocks, cut by FastCDC
+	// up to the first block that is not zeros, for the same reason.
+	frameTarEnd
 )
 
 // frame is one level of the walk: the stack holds the whole stream at the
@@ -133,17 +148,20 @@ type frame struct {
 	start, end int64 // stream offsets; the bottom frame never ends
 	info       ChunkInfo
 	prefix     string // zip and tar frames: prefix of their members' names
-	// frameBlob: no ZIP local header starts in [.., searched) except at
-	// cand (-1: none found yet), and whether a tar header was looked for.
+	// frameBlob: no archive starts in [.., searched) except at cand (-1:
+	// none found yet), where one of candKind starts.
 	searched, cand int64
-	tarChecked     bool
+	candKind       frameKind
 	// opaque: compressed member data, where no archive can be seen.
 	opaque bool
 	// ZIP member data: a data descriptor follows end and belongs to the
 	// member; its length is settled once its bytes are in view.
 	descPending bool
-	zip64       bool
-	dataStart   int64 // frameZipStream and descriptors: where the data began
+	// Member data: what follows the end is still to be checked, once the
+	// end is near (checkDataEnd).
+	checkEnd  bool
+	zip64     bool
+	dataStart int64 // frameZipStream and descriptors: where the data began
 }
 
 // ArchiveChunker cuts a stream as Chunker does, but at the members of ZIP
@@ -164,7 +182,7 @@ type ArchiveChunker struct {
 // p is invalid, as NewChunker does; p.Method is not consulted.
 func NewArchiveChunker(r io.Reader, p ChunkParams) *ArchiveChunker {
 	return &ArchiveChunker{
-		c:     newChunker(r, p, p.Max+archiveSlack),
+		c:     newChunker(r, p, p.Max+archiveSlack+resyncWindow),
 		stack: []frame{{kind: frameBlob, end: math.MaxInt64, cand: -1}},
 	}
 }
@@ -201,6 +219,10 @@ func (a *ArchiveChunker) cut(data []byte, eof bool) int {
 		if f.descPending {
 			a.settleDescriptor(top, data, eof)
 		}
+		if f.checkEnd && !f.descPending && f.end-a.pos <= int64(a.c.p.Max+archiveSlack) {
+			f.checkEnd = false
+			a.checkDataEnd(top, data)
+		}
 		if top > 0 && a.pos >= f.end {
 			a.pop(false)
 			continue
@@ -215,18 +237,13 @@ func (a *ArchiveChunker) cut(data []byte, eof bool) int {
 			a.info = f.info
 			return a.c.boundary(view)
 		case frameBlob:
-			if !f.tarChecked {
-				f.tarChecked = true
-				if a.pos == f.start && a.canWalk(f) {
-					if _, _, ok := tarHeader(view); ok {
-						a.push(frame{kind: frameTar, level: f.level + 1, start: a.pos, end: f.end, prefix: a.prefixFor(f)})
-						continue
-					}
-				}
+			q, kind := a.findArchive(top, view)
+			if q >= 0 && a.pos+int64(q) < f.end && a.sizeWasWrong(top, kind, q) {
+				f.end = a.pos + int64(q)
+				continue
 			}
-			q := a.findZip(f, view, eof)
 			if q == 0 {
-				a.push(frame{kind: frameZip, level: f.level + 1, start: a.pos, end: f.end, prefix: a.prefixFor(f)})
+				a.push(frame{kind: kind, level: f.level + 1, start: a.pos, end: f.end, prefix: a.prefixFor(f)})
 				continue
 			}
 			if q > 0 {
@@ -235,15 +252,31 @@ func (a *ArchiveChunker) cut(data []byte, eof bool) int {
 			a.info = f.info
 			return a.c.boundary(view)
 		case frameZip:
-			if !a.zipMember(f, view) {
-				a.pop(true)
+			if a.zipMember(f, view) {
+				continue
 			}
+			if len(view) >= 4 && zipDirRecord(view) != zipRecordBad {
+				f.kind, f.searched = frameZipDir, a.pos
+				continue
+			}
+			a.pop(true)
 		case frameTar:
-			if !a.tarMember(f, view) {
-				a.pop(true)
+			if a.tarMember(f, view) {
+				continue
 			}
+			if len(view) >= tarBlock && bytes.Equal(view[:tarBlock], zeroBlock[:]) {
+				f.kind, f.searched = frameTarEnd, a.pos
+				continue
+			}
+			a.pop(true)
+		case frameZipDir, frameTarEnd:
+			if a.findArchiveEnd(f, view, len(view) < len(data) || eof) {
+				continue
+			}
+			a.info = f.info
+			return a.c.boundary(view)
 		case frameZipStream:
-			if e := a.findDescriptor(f, view, eof); e > 0 {
+			if e := a.findDescriptor(f, view); e >= 0 {
 				f.end = a.pos + int64(e)
 				f.kind = frameUnit
 				continue
@@ -295,15 +328,32 @@ func memberName(prefix string, name []byte) string {
 	return s
 }
 
-// findZip returns the offset in view of the first valid ZIP local header
-// that could end the next chunk (before Max), or -1. What it rules out is
-// remembered in f, so every byte is searched once.
-func (a *ArchiveChunker) findZip(f *frame, view []byte, eof bool) int {
-	if !a.canWalk(f) {
-		return -1
+// findArchive returns the offset in view of the first ZIP local header or
+// tar header in blob stack[i] that could end the next chunk (before Max),
+// and the frame that walks it; -1 if there is none. What it rules out is
+// remembered in the frame, so every byte is searched once.
+//
+// Looking everywhere, not only where a blob starts, is what lets a walk
+// that lost its place resume: a tar header is found at any byte offset, so
+// an insertion of any length, a damaged header or a member shorter than its
+// header says costs the bytes up to the next good header, not the rest of
+// the stream (docs/decisions/0050). Member data where no archive may be
+// walked (compressed, or nested too deep) is searched for headers of its own
+// archive only: see sizeWasWrong.
+func (a *ArchiveChunker) findArchive(i int, view []byte) (int, frameKind) {
+	f := &a.stack[i]
+	zipOK, tarOK := true, true
+	switch {
+	case a.members >= maxArchiveMembers:
+		return -1, frameBlob
+	case !a.canWalk(f):
+		if i == 0 || f.info.Kind != ChunkData {
+			return -1, frameBlob
+		}
+		zipOK, tarOK = a.stack[i-1].kind == frameZip, a.stack[i-1].kind == frameTar
 	}
 	if f.cand >= a.pos {
-		return int(f.cand - a.pos)
+		return int(f.cand - a.pos), f.candKind
 	}
 	f.cand = -1
 	lim := min(len(view), a.c.p.Max)
@@ -311,22 +361,85 @@ func (a *ArchiveChunker) findZip(f *frame, view []byte, eof bool) int {
 	if f.searched > a.pos {
 		from = int(min(f.searched-a.pos, int64(lim)))
 	}
+	q, kind := -1, frameZip
+	if zipOK {
+		q = findZipLocal(view, from, lim)
+	}
+	// A tar header where a ZIP one starts comes first, as it would at
+	// the start of a member's data.
+	tlim := lim
+	if q >= 0 {
+		tlim = q + 1
+	}
+	if tarOK {
+		if t := findTarHeader(view, from, tlim); t >= 0 {
+			q, kind = t, frameTar
+		}
+	}
+	if q < 0 {
+		f.searched = a.pos + int64(lim)
+		return -1, frameBlob
+	}
+	f.cand, f.candKind = a.pos+int64(q), kind
+	f.searched = f.cand
+	return q, kind
+}
+
+// sizeWasWrong reports whether an archive of the given kind found q bytes
+// into view, in blob stack[i], ends that blob instead of starting an
+// archive inside it: the blob is a member's data, the header is of the
+// member's own archive, and it is not where the data starts or the data may
+// not be walked. Then the size in the member's header was wrong (damaged,
+// or the member shrank without it) and the walk goes on at that header, at
+// the member's level, rather than in an archive nested in it, which would
+// take the rest of the stream with it once nesting is too deep.
+func (a *ArchiveChunker) sizeWasWrong(i int, kind frameKind, q int) bool {
+	f := &a.stack[i]
+	if i == 0 || f.info.Kind != ChunkData || a.stack[i-1].kind != kind {
+		return false
+	}
+	return a.pos+int64(q) > f.start || !a.canWalk(f)
+}
+
+// findZipLocal returns the offset of the first valid ZIP local header that
+// starts in view[from:lim], or -1. A header starting before Max is wholly in
+// view unless the stream or the frame ends first, and then it is no header.
+func findZipLocal(view []byte, from, lim int) int {
 	for from < lim {
 		i := bytes.Index(view[from:min(len(view), lim+len(zipLocalMagic)-1)], zipLocalMagic)
 		if i < 0 {
-			break
+			return -1
 		}
 		q := from + i
-		// A header starting before Max is wholly in view unless the
-		// stream or the frame ends first, and then it is no header.
 		if _, ok := parseZipLocal(view[q:]); ok {
-			f.cand = a.pos + int64(q)
-			f.searched = f.cand
 			return q
 		}
 		from = q + 1
 	}
-	f.searched = a.pos + int64(lim)
+	return -1
+}
+
+// findTarHeader returns the offset of the first tar header that starts in
+// view[from:lim], at any byte offset, or -1. Candidates are found by their
+// magic, 257 bytes into the block; resyncTarHeader then checks the
+// checksum, which bytes that merely contain the magic almost never pass,
+// and the fields.
+func findTarHeader(view []byte, from, lim int) int {
+	for from < lim {
+		lo, hi := from+tarMagicOff, min(len(view), lim-1+tarMagicOff+len(tarMagic))
+		if lo >= hi {
+			return -1
+		}
+		i := bytes.Index(view[lo:hi], tarMagic)
+		if i < 0 {
+			return -1
+		}
+		q := from + i
+		if resyncTarHeader(view[q:]) {
+			return q
+		}
+		from = q + 1
+	}
 	return -1
 }
 
@@ -352,7 +465,7 @@ func (a *ArchiveChunker) zipMember(f *frame, view []byte) bool {
 	default:
 		end := min(addClamp(hdrEnd, h.csize), limit)
 		if end > hdrEnd || h.desc {
-			a.push(frame{kind: frameBlob, level: level, start: hdrEnd, end: end, info: data, opaque: h.method != 0, descPending: h.desc, zip64: h.zip64, dataStart: hdrEnd})
+			a.push(frame{kind: frameBlob, level: level, start: hdrEnd, end: end, info: data, opaque: h.method != 0, descPending: h.desc, checkEnd: true, zip64: h.zip64, dataStart: hdrEnd})
 		}
 	}
 	a.push(frame{kind: frameUnit, level: level, start: a.pos, end: hdrEnd, info: ChunkInfo{Kind: ChunkHeader, Member: a.members, Name: name}})
@@ -376,6 +489,198 @@ func (a *ArchiveChunker) settleDescriptor(i int, data []byte, eof bool) {
 	d := descriptorLen(data[rel:], f.end-f.dataStart, f.zip64)
 	parent := a.stack[i-1].end
 	f.end = min(f.end+int64(d), parent)
+}
+
+// findArchiveEnd follows the records of an archive's end, frame f, from
+// f.searched as far as view shows them whole: a ZIP's central directory
+// headers and end records, or a tar's zero blocks. It reports true, having
+// made f a unit, once it knows where the end stops: after the end of
+// central directory record and its comment, before the first block that is
+// not zeros, or where the records stop making sense. whole says view holds
+// all the frame or the stream has left.
+//
+// The end is known before any cut could reach it: a record is read once it
+// lies within the look-ahead, which reaches further than Max past the next
+// cut. So the result does not depend on how the reader delivered the bytes.
+func (a *ArchiveChunker) findArchiveEnd(f *frame, view []byte, whole bool) bool {
+	for {
+		// Records are read before the cuts reach them (see above), so
+		// rel is never negative; a hostile input must not find out.
+		rel := max(int(f.searched-a.pos), 0)
+		b := view[rel:]
+		n := 0
+		last := false
+		if f.kind == frameTarEnd {
+			switch {
+			case len(b) < tarBlock:
+				n = zipRecordShort
+			case !bytes.Equal(b[:tarBlock], zeroBlock[:]):
+				n = zipRecordBad
+			default:
+				n = tarBlock
+			}
+		} else {
+			n = zipDirRecord(b)
+			last = n > 0 && binary.LittleEndian.Uint32(b) == zipEndSig
+		}
+		switch {
+		case n == zipRecordShort:
+			if !whole {
+				return false
+			}
+			// Cut short by the stream or the frame: the end runs to it.
+			f.end = a.pos + int64(len(view))
+		case n == zipRecordBad:
+			f.end = f.searched
+		case last:
+			f.end = f.searched + int64(n)
+		default:
+			f.searched += int64(n)
+			continue
+		}
+		f.kind = frameUnit
+		return true
+	}
+}
+
+// What zipDirRecord returns for bytes that are not a whole record.
+const (
+	zipRecordBad   = -1 // not a central directory or end record
+	zipRecordShort = -2 // one, but longer than the bytes given
+)
+
+const (
+	zipDirSig   = 0x02014b50
+	zipEndSig   = 0x06054b50
+	zipEnd64Sig = 0x06064b50
+)
+
+// zipDirRecord returns the length of the central directory header or end
+// record at the start of b, zipRecordShort if b ends first, or
+// zipRecordBad. Central directory headers longer than maxZipHeader count as
+// bad, so that every record fits in the look-ahead beyond Max.
+func zipDirRecord(b []byte) int {
+	if len(b) < 4 {
+		return zipRecordShort
+	}
+	le16 := func(i int) int { return int(binary.LittleEndian.Uint16(b[i:])) }
+	var fixed, n int
+	switch binary.LittleEndian.Uint32(b) {
+	case zipDirSig: // name, extra field and comment lengths at 28
+		fixed = 46
+		if len(b) >= fixed {
+			if n = fixed + le16(28) + le16(30) + le16(32); n > maxZipHeader {
+				return zipRecordBad
+			}
+		}
+	case zipEndSig: // comment length at 20
+		fixed = 22
+		if len(b) >= fixed {
+			n = fixed + le16(20)
+		}
+	case zipEnd64Sig: // the size of the rest at 4
+		fixed = 12
+		if len(b) >= fixed {
+			size := binary.LittleEndian.Uint64(b[4:])
+			if size < 44 || size > maxZipHeader {
+				return zipRecordBad
+			}
+			n = fixed + int(size)
+		}
+	case 0x07064b50: // ZIP64 end locator
+		fixed, n = 20, 20
+	case 0x05054b50: // digital signature, its size at 4
+		fixed = 6
+		if len(b) >= fixed {
+			n = fixed + le16(4)
+		}
+	default:
+		return zipRecordBad
+	}
+	if len(b) < fixed || len(b) < n {
+		return zipRecordShort
+	}
+	return n
+}
+
+// checkDataEnd looks at what follows the member data of frame stack[i]
+// (with its data descriptor, if any): where a walk expects the next member
+// or the end of the archive. If something else is there and a valid header
+// of the archive's kind starts within resyncWindow after it, the data grew
+// by an insertion and the frame is extended to that header: its last chunk
+// then ends where it did before the insertion, and matches. Otherwise the
+// frame keeps its end, and the archive frame, failing there, hands the walk
+// back to its parent's search (findArchive).
+//
+// It runs once, at the first cut whose chunk could reach the end: before
+// that, no decision depended on where the frame ends. It reads only bytes
+// up to resyncWindow past the end, which the look-ahead holds by then (or
+// the stream ends first), so the outcome does not depend on how the reader
+// delivered them.
+func (a *ArchiveChunker) checkDataEnd(i int, data []byte) {
+	f, parent := &a.stack[i], &a.stack[i-1]
+	if f.end >= parent.end || f.end < a.pos {
+		return
+	}
+	rel := int(f.end - a.pos)
+	lim := int64(min(len(data), rel+resyncWindow))
+	lim = min(lim, parent.end-a.pos)
+	if int64(rel) >= lim {
+		return
+	}
+	w := data[rel:lim]
+	switch parent.kind {
+	case frameTar:
+		if len(w) < tarBlock || bytes.Equal(w[:tarBlock], zeroBlock[:]) || damagedTarHeader(w) {
+			return
+		}
+		if _, _, ok := tarHeader(w); ok {
+			return
+		}
+		if q := findTarHeader(w, 1, len(w)); q > 0 && !tarHeaderBefore(w, q) {
+			f.end += int64(q)
+		}
+	case frameZip:
+		if len(w) < zipLocalLen || zipRecordFollows(w) || damagedZipLocal(w) {
+			return
+		}
+		if q := findZipLocal(w, 1, len(w)); q > 0 {
+			f.end += int64(q)
+		}
+	}
+}
+
+// damagedTarHeader reports whether b starts with a header block that is
+// only damaged: its magic is intact though tarHeader refused it. Its member
+// is better cut on its own than as part of the data before it.
+func damagedTarHeader(b []byte) bool {
+	return bytes.HasPrefix(b[tarMagicOff:], tarMagic)
+}
+
+// tarHeaderBefore reports whether the block at the start of b, which
+// tarHeader refused, is the header of a member that ends where the next
+// valid header starts (at q): a header damaged in its magic.
+func tarHeaderBefore(b []byte, q int) bool {
+	size, ok := parseOctal(b[124:136])
+	return ok && int64(q) == tarBlock+padBlock(size)
+}
+
+// damagedZipLocal reports whether b starts with a local header whose
+// signature alone is damaged.
+func damagedZipLocal(b []byte) bool {
+	_, ok := parseZipLocalFields(b)
+	return ok
+}
+
+// zipRecordFollows reports whether b starts with a record that may follow a
+// member's data in a ZIP: a local header, the central directory, its end
+// records, a digital signature or an archive extra data record.
+func zipRecordFollows(b []byte) bool {
+	switch binary.LittleEndian.Uint32(b) {
+	case zipLocalSig, zipDirSig, zipEndSig, zipEnd64Sig, 0x07064b50, 0x05054b50, 0x08064b50:
+		return true
+	}
+	return false
 }
 
 // descriptorLen returns the length of the data descriptor at the start of b
@@ -409,9 +714,13 @@ func descriptorLen(b []byte, n int64, zip64 bool) int {
 // frame f: a data descriptor, with or without its signature, whose
 // compressed size is the number of bytes between the data's start and the
 // descriptor. It returns the offset in view just past the descriptor, or -1.
+// A valid local header before any such descriptor ends the data too: the
+// data or its descriptor was changed (an insertion makes every size wrong),
+// and the walk resumes at the next member instead of cutting the rest of
+// the stream as this member's data.
 // Only ends within Max matter to the next cut, and those are all checked:
-// view holds look bytes, far more than Max plus a descriptor.
-func (a *ArchiveChunker) findDescriptor(f *frame, view []byte, eof bool) int {
+// view holds look bytes, far more than Max plus a descriptor or a header.
+func (a *ArchiveChunker) findDescriptor(f *frame, view []byte) int {
 	lim := min(len(view), a.c.p.Max+zipDesc64Len)
 	from := 0
 	if f.searched > a.pos {
@@ -442,6 +751,9 @@ func (a *ArchiveChunker) findDescriptor(f *frame, view []byte, eof bool) int {
 					return q
 				}
 			}
+			if _, ok := parseZipLocal(view[q:]); ok {
+				return q
+			}
 		}
 	}
 	f.searched = a.pos + int64(max(from, lim-1))
@@ -464,9 +776,17 @@ type zipLocal struct {
 // nothing but dedupe on broken archives, and keeps bytes that merely contain
 // the signature from being taken for a header.
 func parseZipLocal(b []byte) (zipLocal, bool) {
+	if len(b) < zipLocalLen || binary.LittleEndian.Uint32(b) != zipLocalSig {
+		return zipLocal{}, false
+	}
+	return parseZipLocalFields(b)
+}
+
+// parseZipLocalFields is parseZipLocal without the signature check.
+func parseZipLocalFields(b []byte) (zipLocal, bool) {
 	le16 := func(i int) int { return int(binary.LittleEndian.Uint16(b[i:])) }
 	le32 := func(i int) uint32 { return binary.LittleEndian.Uint32(b[i:]) }
-	if len(b) < zipLocalLen || le32(0) != zipLocalSig {
+	if len(b) < zipLocalLen {
 		return zipLocal{}, false
 	}
 	version, flags, method := b[4], le16(6), le16(8)
@@ -553,13 +873,21 @@ func (a *ArchiveChunker) tarMember(f *frame, view []byte) bool {
 	level, limit, name := f.level, f.end, memberName(f.prefix, g.name)
 	hdrEnd := a.pos + int64(g.hlen)
 	if end := min(addClamp(hdrEnd, g.dataLen), limit); end > hdrEnd {
-		a.push(frame{kind: frameBlob, level: level, start: hdrEnd, end: end, info: ChunkInfo{Kind: ChunkData, Member: a.members, Name: name}})
+		a.push(frame{kind: frameBlob, level: level, start: hdrEnd, end: end, info: ChunkInfo{Kind: ChunkData, Member: a.members, Name: name}, checkEnd: true})
 	}
 	a.push(frame{kind: frameUnit, level: level, start: a.pos, end: hdrEnd, info: ChunkInfo{Kind: ChunkHeader, Member: a.members, Name: name}})
 	return true
 }
 
 const tarBlock = 512
+
+// tarMagic starts both magics tarHeader accepts, at tarMagicOff in a block.
+var tarMagic = []byte("ustar")
+
+const tarMagicOff = 257
+
+// zeroBlock is the end-of-archive marker, twice.
+var zeroBlock [tarBlock]byte
 
 // tarGroup is one tar member's header blocks.
 type tarGroup struct {
@@ -611,6 +939,32 @@ func tarHeader(b []byte) (typ byte, size int64, ok bool) {
 		return 0, 0, false
 	}
 	return h[156], size, true
+}
+
+// resyncTarHeader reports whether b starts with a header block the walker
+// may resume at when it finds one away from where a walk expects it: one
+// tarHeader accepts, of a type POSIX or GNU defines, with a name, a mode and
+// a time. The checksum alone all but rules out chance; the fields rule out
+// blocks made to look like headers by accident of editing.
+func resyncTarHeader(b []byte) bool {
+	typ, _, ok := tarHeader(b)
+	if !ok || b[0] == 0 {
+		return false
+	}
+	switch {
+	case typ == 0, '0' <= typ && typ <= '7', typ == 'x', typ == 'g', 'A' <= typ && typ <= 'Z':
+	default:
+		return false
+	}
+	if _, ok := parseOctal(b[100:108]); !ok {
+		return false
+	}
+	if b[136]&0x80 == 0 {
+		if _, ok := parseOctal(b[136:148]); !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // parseOctal parses a tar numeric field: octal digits, padded with spaces

@@ -272,16 +272,57 @@ func zipFuzzSeeds() map[string]any {
 	inner, _ := buildZip([]zipEntry{entry("in/1", 100, 0, descNone, false), entry("in/2", 120, 8, descNone, false)})
 	nested, _ := buildZip([]zipEntry{{name: "lib/in.jar", data: inner}, entry("after", 64, 8, descSigned, false)})
 	sfx := append(prngBytes(9, 333), plain...)
+	// Damaged and shifted archives, where the walk loses its place and
+	// must find it again.
+	_, pl := buildZip([]zipEntry{entry("a/", 0, 0, descNone, false), entry("a/b.txt", 300, 0, descNone, false), entry("a/c.bin", 900, 8, descNone, false)})
+	_, sl := buildZip([]zipEntry{entry("x", 200, 8, descSigned, false), entry("y", 0, 8, descSigned, false), entry("z", 700, 0, descKnown, false)})
+	hugeSize := append([]byte(nil), plain...)
+	copy(hugeSize[pl[1].header+18:], []byte{0, 0, 0, 0x40})
+	badSig := append([]byte(nil), signed...)
+	badSig[sl[2].header+2] = 'X'
 	return map[string]any{
-		"plain":     plain,
-		"signed":    signed,
-		"unsigned":  unsigned,
-		"zip64":     zip64,
-		"nested":    nested,
-		"sfx":       sfx,
-		"truncated": signed[:len(signed)/2],
-		"header":    plain[:40],
+		"plain":              plain,
+		"signed":             signed,
+		"unsigned":           unsigned,
+		"zip64":              zip64,
+		"nested":             nested,
+		"sfx":                sfx,
+		"truncated":          signed[:len(signed)/2],
+		"header":             plain[:40],
+		"inserted-in-data":   applyEdits(plain, []edit{{off: int(pl[1].data) + 100, ins: []byte("inserted")}}),
+		"inserted-in-stream": applyEdits(signed, []edit{{off: int(sl[0].data) + 50, ins: []byte("inserted")}}),
+		"size-too-large":     hugeSize,
+		"damaged-signature":  badSig,
+		"cut-short":          applyEdits(plain, []edit{{off: int(pl[1].data) + 280, del: 20}}),
+		"appended":           append(append([]byte(nil), plain...), prngBytes(10, 200)...),
+		"dense-candidates":   applyEdits(plain, []edit{{off: int(pl[1].data) + 100, ins: zipLookalikes(3000)}}),
+		"dense-in-stream":    applyEdits(signed, []edit{{off: int(sl[0].data) + 50, ins: zipLookalikes(3000)}}),
 	}
+}
+
+// zipLookalikes is n bytes of local headers that pass every check but the
+// last (a NUL in the name), and descriptor signatures: what the resync
+// search must look at and reject, one after another, each once.
+func zipLookalikes(n int) []byte {
+	var b []byte
+	for len(b) < n {
+		b = le32(b, zipLocalSig)
+		b = le16(le16(le16(b, 20), 0), 0)
+		b = le32(le32(le32(le32(b, 0), 0), 9), 9)
+		b = le16(le16(b, 9), 0)
+		b = append(b, "name\x00.txt"[:9]...)
+		b = le32(b, zipDescSig)
+		b = append(b, "PKPK"...)
+	}
+	return b[:n]
+}
+
+// tarLookalikes is n bytes in which a tar magic, and an octal checksum where
+// a header starting 257 bytes before it would have one, repeat every 20
+// bytes: each is a candidate header whose checksum must be summed and fails.
+func tarLookalikes(n int) []byte {
+	unit := []byte("ustar\x00aaaaa0000000 a")[:20]
+	return bytes.Repeat(unit, n/len(unit)+1)[:n]
 }
 
 // tarFuzzSeeds are small tars of every format archive/tar writes, and one
@@ -302,6 +343,17 @@ func tarFuzzSeeds(t testing.TB) map[string]any {
 	b, _ := tarOf(t, tar.FormatPAX, t0, []zipEntry{{name: "p.zip", data: z}})
 	seeds["zip-in-tar"] = b
 	seeds["truncated"] = b[:700]
+	// Damaged and shifted tars, where the walk loses its place and must
+	// find it again off the 512-byte grid.
+	ustar, l := tarOf(t, tar.FormatUSTAR, t0, []zipEntry{{name: "d/a", data: prngBytes(4, 300)}, {name: "d/b", data: prngBytes(5, 700)}, {name: "d/c", data: prngBytes(6, 40)}})
+	seeds["inserted-in-data"] = applyEdits(ustar, []edit{{off: int(l[0].data) + 100, ins: []byte("inserted")}})
+	seeds["inserted-in-header"] = applyEdits(ustar, []edit{{off: int(l[1].header) + 200, ins: []byte("x")}})
+	damaged := append([]byte(nil), ustar...)
+	damaged[l[1].header+150] ^= 1 // the checksum field
+	seeds["damaged-header"] = damaged
+	seeds["cut-short"] = applyEdits(ustar, []edit{{off: int(l[1].data) + 600, del: 100}})
+	seeds["concatenated"] = append(append([]byte(nil), ustar...), ustar...)
+	seeds["dense-candidates"] = applyEdits(ustar, []edit{{off: int(l[0].data) + 100, ins: tarLookalikes(3000)}, {off: int(l[2].header), ins: tarLookalikes(3000)}})
 	return seeds
 }
 
