@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -164,4 +165,81 @@ func BenchmarkArchiveChunker(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchTarPair is BenchmarkArchiveResync's pair: a 128 MiB tar of a source
+// tree (about 17,000 members, most of a few KiB, one in 200 between 64 KiB
+// and 1 MiB), and a second version with 64 overwrites of 160 KiB at places
+// spread over it, across members' headers as they fall, and three runs of
+// 4 KiB inserted (issue 16's GOROOT pair, generated). Each insertion moves
+// every later header off the 512-byte grid, and each overwritten header
+// costs the walk its place.
+func benchTarPair(b *testing.B) (v1, v2 []byte) {
+	b.Helper()
+	var es []zipEntry
+	for i, total := 0, 0; total < 128<<20; i++ {
+		size := 100 + (i*7919)%9000
+		if i%200 == 11 {
+			size = 64<<10 + (i*104729)%(960<<10)
+		}
+		es = append(es, zipEntry{name: fmt.Sprintf("go/src/pkg%03d/file%05d.go", i%400, i), data: prngBytes(uint64(i), size)})
+		total += size + tarBlock
+	}
+	v1, _ = tarOf(b, tar.FormatPAX, time.Unix(1700000000, 0), es)
+	r := rand.New(rand.NewPCG(16, 50))
+	var edits []edit
+	slot := len(v1) / 64
+	for i := range 64 {
+		// One overwrite in each 64th of the tar; in three of them an
+		// insertion before it, in the first half.
+		lo := i * slot
+		if i == 10 || i == 30 || i == 50 {
+			edits = append(edits, edit{off: lo + r.IntN(slot/2), ins: randBytes(r, 4<<10)})
+			lo += slot / 2
+		}
+		edits = append(edits, edit{off: lo + r.IntN(i*slot+slot-lo-160<<10), del: 160 << 10, ins: randBytes(r, 160<<10)})
+	}
+	return v1, applyEdits(v1, edits)
+}
+
+// BenchmarkArchiveResync chunks both versions of benchTarPair with the
+// archive method and with plain FastCDC and reports, side by side, the
+// bytes of the second version's chunks that the first did not have: what a
+// publisher stores anew. Target: archive_new_MB at most 1.05 × cdc_new_MB
+// (docs/decisions/0050). Time is for both methods, hashing included.
+func BenchmarkArchiveResync(b *testing.B) {
+	v1, v2 := benchTarPair(b)
+	b.SetBytes(2 * int64(len(v1)+len(v2))) // both versions, by both methods
+	var archive, cdc int64
+	for b.Loop() {
+		archive = benchNewBytes(b, v1, v2, NewArchiveChunkerFunc)
+		cdc = benchNewBytes(b, v1, v2, NewChunkerFunc)
+	}
+	b.ReportMetric(float64(archive)/1e6, "archive_new_MB")
+	b.ReportMetric(float64(cdc)/1e6, "cdc_new_MB")
+	b.ReportMetric(float64(archive)/float64(cdc), "archive_vs_cdc")
+}
+
+// benchNewBytes is what chunking v2 with mk stores after v1.
+func benchNewBytes(b *testing.B, v1, v2 []byte, mk chunkerFunc) int64 {
+	have := map[[32]byte]bool{}
+	var n int64
+	for i, data := range [][]byte{v1, v2} {
+		c := mk(bytes.NewReader(data), DefaultChunkParams)
+		for {
+			chunk, err := c.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			id := sha256.Sum256(chunk)
+			if i == 1 && !have[id] {
+				n += int64(len(chunk))
+			}
+			have[id] = true
+		}
+	}
+	return n
 }
