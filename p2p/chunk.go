@@ -34,6 +34,14 @@ const ChunkProtocol protocol.ID = "/patchctl/chunk/1.0.0"
 // MaxChunkBatch bounds the chunks of one request.
 const MaxChunkBatch = 64
 
+// maxStreamsPerPeer bounds the request streams a fetch keeps open to one
+// peer. libp2p's default resource limits let a peer open 64 inbound streams
+// of one protocol to another; a fetch that opened more had the rest reset,
+// and gave up on a fast seed (a 4 GiB fetch over loopback opened up to 64,
+// its window of 1,024 chunks in batches of 16). Half that leaves room for a
+// second fetch from the same process.
+const maxStreamsPerPeer = 32
+
 const maxChunkRequest = 1 + MaxChunkBatch*(1+maxCIDLen)
 
 // maxChunkFrame is the largest stored frame of a chunk. These are variables

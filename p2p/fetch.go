@@ -195,6 +195,7 @@ type fetchPeer struct {
 	have     Bitmap // nil until the have subscription opens
 	sub      *HaveSubscription
 	inflight int          // chunks requested and not yet answered
+	streams  int          // request streams open, at most maxStreamsPerPeer
 	asked    map[int]bool // chunks requested from this peer and not yet answered
 	window   int          // chunks allowed in flight
 	meter    rateMeter
@@ -581,7 +582,7 @@ func (f *fetch) schedule() {
 	for progress := true; progress; {
 		progress = false
 		for _, p := range f.order {
-			if p.gone || p.have == nil {
+			if p.gone || p.have == nil || p.streams >= maxStreamsPerPeer {
 				continue
 			}
 			n := f.room(p.window, p.inflight, p.costly)
@@ -618,6 +619,7 @@ func (f *fetch) request(p *fetchPeer, indexes []int) {
 		p.busySince = f.sinceEpoch()
 	}
 	p.inflight += len(indexes)
+	p.streams++
 	pctx, rctx := p.ctx, p.reqCtx
 	f.wg.Add(1)
 	go func() {

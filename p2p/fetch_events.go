@@ -2,9 +2,11 @@ package p2p
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -183,6 +185,7 @@ type batchDone struct{ *batch }
 
 func (e batchDone) apply(ctx context.Context, f *fetch) error {
 	p := f.peers[e.peer]
+	p.streams--
 	for _, i := range e.indexes {
 		if p.asked[i] {
 			delete(p.asked, i)
@@ -192,8 +195,15 @@ func (e batchDone) apply(ctx context.Context, f *fetch) error {
 	}
 	// A stream the fetch cut was counted, if at all, when it was cut.
 	if e.err != nil && !e.cancelled && !p.gone && ctx.Err() == nil {
+		floor := f.floorWindow(p)
+		if refusedBusy(e.err) && p.window > floor {
+			// The peer is at its limits, not failing: ask less of
+			// it at once, and count it a failure only at the floor.
+			p.window = max(floor, p.window/2)
+			return nil
+		}
 		p.failures++
-		p.window = max(f.floorWindow(p), p.window/2)
+		p.window = max(floor, p.window/2)
 		if p.failures >= f.cfg.MaxFailures {
 			f.drop(p, e.err.Error())
 		}
@@ -239,4 +249,13 @@ func (f *fetch) drop(p *fetchPeer, why string) {
 			}
 		}
 	}
+}
+
+// refusedBusy reports whether err is a peer resetting a request stream
+// because its resource limits (or rate limits) are reached: libp2p's
+// resource manager refuses streams beyond them with these codes.
+func refusedBusy(err error) bool {
+	var se *network.StreamError
+	return errors.As(err, &se) && se.Remote &&
+		(se.ErrorCode == network.StreamResourceLimitExceeded || se.ErrorCode == network.StreamRateLimited)
 }

@@ -6,10 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -575,5 +577,67 @@ func TestPeerWhoseHaveSubscriptionFailedIsTriedAgain(t *testing.T) {
 	requireComplete(t, f.s, m)
 	if st := res.Peers[seed.h.ID()]; st.Chunks != len(m.ChunkIDs()) || st.Dropped != "" {
 		t.Errorf("seed: %+v, want every chunk and not dropped", st)
+	}
+}
+
+// concurrentFrames serves frames after a pause and records the most calls
+// that ran at once: a chunk stream's handler reads its frames one at a
+// time, so that is the most request streams the seed answered at once.
+type concurrentFrames struct {
+	store.FrameGetter
+	pause     time.Duration
+	now, most atomic.Int32
+}
+
+func (c *concurrentFrames) GetFrame(ctx context.Context, id cid.Cid) ([]byte, error) {
+	n := c.now.Add(1)
+	defer c.now.Add(-1)
+	for m := c.most.Load(); n > m && !c.most.CompareAndSwap(m, n); m = c.most.Load() {
+	}
+	time.Sleep(c.pause)
+	return c.FrameGetter.GetFrame(ctx, id)
+}
+
+// A fetch whose window would allow more request streams to one peer than
+// libp2p's default resource limits let that peer accept (64 of a protocol)
+// opens at most maxStreamsPerPeer, and completes: beyond the limit the seed
+// reset every further stream, and a 4 GiB fetch from one seed gave up.
+func TestAFetchOpensNoMoreStreamsToAPeerThanItsLimitsAccept(t *testing.T) {
+	m, id, chunks := testRelease(t, 16<<20, 9)
+	var frames *concurrentFrames
+	seed := newSwarmNode(t, m, id, func(fg store.FrameGetter) store.FrameGetter {
+		frames = &concurrentFrames{FrameGetter: fg, pause: 2 * time.Millisecond}
+		return frames
+	})
+	putChunks(t, seed.s, chunks)
+	f := newSwarmNode(t, m, id, nil)
+	res, err := f.fetch(testContext(t), m, id, f.know(seed), FetchConfig{BatchSize: 2, InitialWindow: 1024, MaxWindow: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireComplete(t, f.s, m)
+	if most := frames.most.Load(); most > maxStreamsPerPeer || most < maxStreamsPerPeer/2 {
+		t.Errorf("the seed answered up to %d request streams at once, want at most %d (and the window used)", most, maxStreamsPerPeer)
+	}
+	t.Logf("%d chunks, up to %d streams at once", res.ChunksFetched, frames.most.Load())
+}
+
+func TestRefusedBusy(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"resource limit, remote", fmt.Errorf("read: %w", &network.StreamError{ErrorCode: network.StreamResourceLimitExceeded, Remote: true}), true},
+		{"rate limited, remote", &network.StreamError{ErrorCode: network.StreamRateLimited, Remote: true}, true},
+		{"resource limit, local", &network.StreamError{ErrorCode: network.StreamResourceLimitExceeded}, false},
+		{"protocol violation", &network.StreamError{ErrorCode: network.StreamProtocolViolation, Remote: true}, false},
+		{"plain reset", network.ErrReset, false},
+		{"other", errors.New("timeout"), false},
+	}
+	for _, tt := range tests {
+		if got := refusedBusy(tt.err); got != tt.want {
+			t.Errorf("%s: refusedBusy = %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
