@@ -515,6 +515,10 @@ func (n *node) download(ctx context.Context, e manifest.IndexEntry, stage bool) 
 	if asm != nil {
 		opts.Swarm.Content = asm.Place
 	}
+	var seeded seedResult
+	opts.Seed = func(ctx context.Context, stored func(cid.Cid)) {
+		seeded = n.seedFromInstalled(ctx, m, asm, stored)
+	}
 	opts.Progress = func(pr p2p.FetchProgress) {
 		n.mu.Lock()
 		r := n.release(e.Name)
@@ -534,8 +538,10 @@ func (n *node) download(ctx context.Context, e manifest.IndexEntry, stage bool) 
 	if err != nil {
 		return nil, cid.Undef, nil, err
 	}
+	// The chunks seeded were present when the swarm fetch began.
 	n.log.Info("agent: fetch done", "release", m.Name, "chunks_total", sum.ChunksTotal,
-		"chunks_present", sum.ChunksPresent, "chunks_fetched", sum.ChunksFetched, "bytes", sum.BytesFetched, "seconds", sum.Seconds)
+		"chunks_present", sum.ChunksPresent-seeded.Chunks, "chunks_seeded", seeded.Chunks, "chunks_fetched", sum.ChunksFetched,
+		"bytes", sum.BytesFetched, "bytes_seeded", seeded.Bytes, "seconds", sum.Seconds)
 	n.setLife(e.Name, lifecycle.Downloaded, "")
 	return m, id, asm, nil
 }

@@ -223,6 +223,11 @@ type FetchOptions struct {
 	Progress func(p2p.FetchProgress)
 	Swarm    p2p.FetchConfig // Notifier and Progress are set by Fetch
 	Now      func() time.Time
+	// Seed, if set, runs once the release is served as being fetched and
+	// before any peer is asked: a node stores there the chunks it can take
+	// from its own disk. Each chunk it stores it hands to stored, which
+	// tells the peers subscribed to this node's have bitmap.
+	Seed func(ctx context.Context, stored func(cid.Cid))
 }
 
 // FetchSummary is what a fetch did, as `patchctl fetch --json` prints it.
@@ -283,6 +288,9 @@ func (p *Peer) fetchRelease(ctx context.Context, envelope []byte, m *manifest.Ma
 	ids := m.ChunkIDs()
 	p.startFetching(id, &inFlight{name: m.Name, envelope: envelope, chunks: ids})
 	defer p.stopFetching(id)
+	if opts.Seed != nil {
+		opts.Seed(ctx, p.notifier.Stored)
+	}
 	cfg := opts.Swarm
 	cfg.Notifier = p.notifier
 	cfg.Progress = opts.Progress
