@@ -91,6 +91,10 @@ type oneCopy struct {
 	// are each node's data dir and pack files once the site finished SP1.
 	installed      int64
 	dataDir, packs []int64
+	// installed2 and dataDir2 are the same once the site finished SP2:
+	// the files of SP2 and of SP1, retired and kept for a rollback.
+	installed2 int64
+	dataDir2   []int64
 	// lan is the bytes into the site's nodes while they took SP2, wan
 	// the bytes into the site over its WAN meanwhile.
 	lan, wan int64
@@ -105,9 +109,9 @@ type oneCopy struct {
 // oneCopyScenario runs a site of a proxy and cfg.NodesPerSite nodes (data
 // dirs under cfg.Dir) through SP1, a generated pack of size bytes, then
 // SP2, SP1 with fraction of its bytes changed in scattered places, and
-// measures both. With cfg.KeepChunks unset the nodes let go of SP1's
-// chunks once the site finished it: the scenario waits for that (within
-// timeout) before it goes on.
+// measures both. With cfg.KeepChunks unset the nodes let go of each
+// release's chunks once the site finished it: the scenario waits for that
+// (within timeout) before it measures.
 func oneCopyScenario(ctx context.Context, tb testing.TB, cfg Config, size int64, fraction float64, timeout time.Duration) oneCopy {
 	tb.Helper()
 	logs := &fetchLog{}
@@ -139,37 +143,41 @@ func oneCopyScenario(ctx context.Context, tb testing.TB, cfg Config, size int64,
 		tb.Fatal(err)
 	}
 	out.installed = dirBytes(filepath.Join(s.Nodes[0].dir, "installed", out.sp1.Name))
-	// The site has finished once its proxy holds the release and, where
-	// nodes let go of chunks, each of them has let go.
-	finished := func() (bool, string) {
-		if !Replicated(s, out.sp1.Name) {
-			return false, "the proxy does not hold SP1 whole"
-		}
-		if cfg.KeepChunks {
+	// The site has finished a release once its proxy holds it and, where
+	// nodes let go of chunks, each of them has let go and has the space
+	// back.
+	finish := func(r *Release) {
+		tb.Helper()
+		finished := func() (bool, string) {
+			if !Replicated(s, r.Name) {
+				return false, "the proxy does not hold " + r.Name + " whole"
+			}
+			if cfg.KeepChunks {
+				return true, ""
+			}
+			for _, m := range s.Nodes {
+				if held := StoredBytes(ctx, m.Agent.Peer().Store, r.Manifest); held > 0 {
+					return false, fmt.Sprintf("%s holds %d bytes of %s's chunks", m.Name, held, r.Name)
+				}
+				if packs := dirBytes(filepath.Join(m.dir, "packs")); packs > out.installed/20 {
+					return false, fmt.Sprintf("%s's packs hold %d bytes", m.Name, packs)
+				}
+			}
 			return true, ""
 		}
-		for _, m := range s.Nodes {
-			if held := StoredBytes(ctx, m.Agent.Peer().Store, out.sp1.Manifest); held > 0 {
-				return false, fmt.Sprintf("%s holds %d bytes of SP1's chunks", m.Name, held)
+		for {
+			ok, state := finished()
+			if ok {
+				return
 			}
-			// The space of the chunks let go is back.
-			if packs := dirBytes(filepath.Join(m.dir, "packs")); packs > out.installed/20 {
-				return false, fmt.Sprintf("%s's packs hold %d bytes", m.Name, packs)
+			select {
+			case <-wctx.Done():
+				tb.Fatalf("the site did not finish %s: %s", r.Name, state)
+			case <-time.After(50 * time.Millisecond):
 			}
-		}
-		return true, ""
-	}
-	for {
-		ok, state := finished()
-		if ok {
-			break
-		}
-		select {
-		case <-wctx.Done():
-			tb.Fatalf("the site did not finish SP1: %s", state)
-		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	finish(out.sp1)
 	for _, m := range s.Nodes {
 		out.dataDir = append(out.dataDir, dirBytes(m.dir))
 		out.packs = append(out.packs, dirBytes(filepath.Join(m.dir, "packs")))
@@ -222,9 +230,14 @@ func oneCopyScenario(ctx context.Context, tb testing.TB, cfg Config, size int64,
 		out.seeded = append(out.seeded, int(seeded))
 		out.fetched = append(out.fetched, int(fetched))
 	}
+	finish(out.sp2)
+	out.installed2 = dirBytes(filepath.Join(s.Nodes[0].dir, "installed"))
+	for _, m := range s.Nodes {
+		out.dataDir2 = append(out.dataDir2, dirBytes(m.dir))
+	}
 	if cfg.KeepChunks {
-		// Checked here, once SP2 is in: nodes that let go do so within
-		// moments of their install.
+		// Checked once SP2 is in: nodes that let go do so within moments
+		// of their install.
 		for _, m := range s.Nodes {
 			if held := StoredBytes(ctx, m.Agent.Peer().Store, out.sp1.Manifest); held != out.sp1.StoredSize {
 				tb.Errorf("%s keeps chunks, yet holds %d of SP1's %d bytes", m.Name, held, out.sp1.StoredSize)
@@ -246,6 +259,12 @@ func TestASiteKeepsOneCopyOfAServicePackAndTheNextTakesItsChunksFromTheInstalled
 		t.Logf("node %d after SP1: data dir %d bytes, packs %d, installed %d (%.3f×)", i+1, drop.dataDir[i], drop.packs[i], drop.installed, float64(drop.dataDir[i])/float64(drop.installed))
 		if limit := drop.installed * 11 / 10; drop.dataDir[i] > limit {
 			t.Errorf("node %d's data dir holds %d bytes after SP1, more than 1.1 × the %d installed", i+1, drop.dataDir[i], drop.installed)
+		}
+	}
+	for i := range drop.dataDir2 {
+		t.Logf("node %d after SP2: data dir %d bytes, installed (SP2 and SP1 kept) %d (%.3f×)", i+1, drop.dataDir2[i], drop.installed2, float64(drop.dataDir2[i])/float64(drop.installed2))
+		if limit := drop.installed2 * 11 / 10; drop.dataDir2[i] > limit {
+			t.Errorf("node %d's data dir holds %d bytes after SP2, more than 1.1 × the %d installed", i+1, drop.dataDir2[i], drop.installed2)
 		}
 	}
 	for i := range keep.dataDir {
