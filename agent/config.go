@@ -151,6 +151,12 @@ type NodeConfig struct {
 	// node keeps the files and chunks of, for a rollback; it frees those
 	// of older ones and of retired hotfixes (default 1; -1 keeps none).
 	KeepServicePacks int
+	// KeepChunks keeps in the store the chunks of the releases the node
+	// installed. Without it (the default), once the node's site proxy
+	// holds a release whole, the node lets go of its chunks: the installed
+	// files are then its one copy, and the next version takes from them
+	// every chunk they hold (seeds) before it asks peers.
+	KeepChunks bool
 	// MDNS finds peers of the same site on the LAN by multicast DNS,
 	// beside those the site's tracker names. It needs a multicast-capable
 	// interface.

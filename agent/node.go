@@ -46,6 +46,9 @@ type node struct {
 	nudgeService *fleet.NudgeService
 	mdns         io.Closer
 
+	// dropWake asks dropLoop to let go of installed releases' chunks now.
+	dropWake chan struct{}
+
 	mu       sync.Mutex
 	releases map[string]*nodeRelease
 	lanPeers map[peer.ID]bool // site peers found by mDNS
@@ -55,6 +58,9 @@ type node struct {
 type nodeRelease struct {
 	status  fleet.DeploymentStatus // as reported
 	lasting releaseProgress        // as kept in the state database
+	// dropped: the release is installed (or retired) and its chunks are
+	// no longer pinned; the node holds it as its installed files only.
+	dropped bool
 }
 
 // A node fetching a release asks its tracker for site peers every
@@ -74,6 +80,7 @@ func newNode(c *core, conf NodeConfig) (*node, error) {
 		tracker:  fleet.NewClient(c.peer.client),
 		releases: map[string]*nodeRelease{},
 		lanPeers: map[peer.ID]bool{},
+		dropWake: make(chan struct{}, 1),
 	}
 	n.installer = &installer{dir: c.cfg.DataDir, site: conf.Site, conf: conf, store: c.peer.Store, db: c.db, log: c.log, clock: c.clock}
 	if err := n.load(); err != nil {
@@ -95,6 +102,10 @@ func (n *node) load() error {
 		n.log.Warn("agent: remove files staged by an earlier run", "err", err)
 	}
 	inst, err := n.db.records(bucketInstalled)
+	if err != nil {
+		return err
+	}
+	pins, err := n.peer.Store.Pins(context.Background())
 	if err != nil {
 		return err
 	}
@@ -124,7 +135,8 @@ func (n *node) load() error {
 				n.log.Info("agent: the machine restarted; release in effect", "release", rec.Name)
 			}
 		}
-		n.releases[rec.Name] = &nodeRelease{status: fleet.DeploymentStatus{Release: rec.Name, CID: rec.CID, State: state, Have: true}}
+		_, pinned := pins[rec.Name]
+		n.releases[rec.Name] = &nodeRelease{status: fleet.DeploymentStatus{Release: rec.Name, CID: rec.CID, State: state, Have: true}, dropped: !pinned}
 	}
 	ret, err := n.db.records(bucketRetired)
 	if err != nil {
@@ -136,7 +148,8 @@ func (n *node) load() error {
 		if !rec.UninstalledAt.IsZero() {
 			st.State, st.Reason = lifecycle.Uninstalled, "withdrawn; its uninstall command ran at "+rec.UninstalledAt.Format(time.RFC3339)
 		}
-		n.releases[rec.Name] = &nodeRelease{status: st}
+		_, pinned := pins[rec.Name]
+		n.releases[rec.Name] = &nodeRelease{status: st, dropped: !pinned}
 	}
 	return n.db.each(bucketReleases, func(name string, v []byte) error {
 		var prog releaseProgress
@@ -155,6 +168,7 @@ func (n *node) load() error {
 func (n *node) start(context.Context) error {
 	n.peer.Serve(Serving{})
 	n.tasks.Go(n.collectEvery)
+	n.tasks.Go(n.dropLoop)
 	n.indexService = p2p.NewIndexService(n.peer.Host, n.core, n.up, p2p.IndexConfig{Logger: n.log})
 	n.nudgeService = fleet.NewNudgeService(n.peer.Host, n.up.Nudged, n.log)
 	if n.conf.MDNS {
@@ -438,6 +452,7 @@ func (n *node) runRelease(ctx context.Context, e manifest.IndexEntry, p lifecycl
 	if len(d.Retire) > 0 {
 		n.retire(d.Retire, e.Name)
 	}
+	n.dropSoon()
 	// A hotfix blocked on this service pack may go now.
 	n.after(0, n.reconcile)
 	return nil
@@ -515,6 +530,10 @@ func (n *node) download(ctx context.Context, e manifest.IndexEntry, stage bool) 
 	if asm != nil {
 		opts.Swarm.Content = asm.Place
 	}
+	var seeded seedResult
+	opts.Seed = func(ctx context.Context, stored func(cid.Cid)) {
+		seeded = n.seedFromInstalled(ctx, m, asm, stored)
+	}
 	opts.Progress = func(pr p2p.FetchProgress) {
 		n.mu.Lock()
 		r := n.release(e.Name)
@@ -534,8 +553,13 @@ func (n *node) download(ctx context.Context, e manifest.IndexEntry, stage bool) 
 	if err != nil {
 		return nil, cid.Undef, nil, err
 	}
+	// The chunks seeded were present when the swarm fetch began.
 	n.log.Info("agent: fetch done", "release", m.Name, "chunks_total", sum.ChunksTotal,
-		"chunks_present", sum.ChunksPresent, "chunks_fetched", sum.ChunksFetched, "bytes", sum.BytesFetched, "seconds", sum.Seconds)
+		"chunks_present", sum.ChunksPresent-seeded.Chunks, "chunks_seeded", seeded.Chunks, "chunks_fetched", sum.ChunksFetched,
+		"bytes", sum.BytesFetched, "bytes_seeded", seeded.Bytes, "seconds", sum.Seconds)
+	n.mu.Lock()
+	n.release(e.Name).dropped = false // pinned again
+	n.mu.Unlock()
 	n.setLife(e.Name, lifecycle.Downloaded, "")
 	return m, id, asm, nil
 }
@@ -625,7 +649,9 @@ func (n *node) report(ctx context.Context, releaseCID string, want cid.Cid) []pe
 	r := &fleet.TrackerReport{Site: n.conf.Site, Target: n.conf.Target, Labels: n.conf.Labels, Deployments: n.deployments()}
 	n.mu.Lock()
 	for _, rel := range n.releases {
-		if rel.status.CID == "" || rel.status.CID == releaseCID {
+		// A release whose chunks were let go is not offered to the
+		// site: its peers get it from the proxy.
+		if rel.status.CID == "" || rel.status.CID == releaseCID || rel.dropped {
 			continue
 		}
 		if held := heldAs(rel.status); held != "" {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"golang.org/x/sys/unix"
 
 	"github.com/patchctl/patchctl/adminapi"
@@ -147,6 +148,11 @@ func (n *node) drop(ctx context.Context, name, cidWanted string, rep *adminapi.G
 	if err := n.peer.Store.Unpin(ctx, name); err != nil {
 		return dropped, err
 	}
+	n.mu.Lock()
+	if r := n.releases[name]; r != nil {
+		r.dropped = true
+	}
+	n.mu.Unlock()
 	if err := n.peer.Catalog.Remove(name); err != nil {
 		return dropped, err
 	}
@@ -245,6 +251,150 @@ func (n *node) removeLeftovers(atStart bool) int {
 func stagingOfBusy(dir string, busy map[string]bool) bool {
 	for name := range busy {
 		if strings.Contains(dir, "."+name+".") || strings.HasSuffix(dir, ".staging-"+name) || strings.Contains(dir, ".staging-"+name+".") {
+			return true
+		}
+	}
+	return false
+}
+
+// dropSoon has dropLoop look at once for installed releases whose chunks
+// the node may let go of.
+func (n *node) dropSoon() {
+	select {
+	case n.dropWake <- struct{}{}:
+	default:
+	}
+}
+
+// dropLoop lets go of the chunks of installed releases (dropInstalled) at
+// start, after each install, and, while some are still held because the
+// site's proxy does not hold them whole yet or site peers still fetch them,
+// again after a poll interval, doubling up to collectPeriod.
+func (n *node) dropLoop(ctx context.Context) {
+	if n.conf.KeepChunks {
+		return
+	}
+	wait := n.cfg.PollInterval
+	t := n.clock.Timer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.dropWake:
+			wait = n.cfg.PollInterval
+		case <-t.C:
+		}
+		if n.dropInstalled(ctx) {
+			t.Reset(wait)
+			wait = min(2*wait, collectPeriod)
+		} else {
+			t.Reset(collectPeriod)
+		}
+	}
+}
+
+// dropInstalled lets go of the chunks of each release installed here (or
+// retired and kept) once the site's proxy holds it whole and no site peer
+// is subscribed to what this node holds of it: it unpins the
+// release and deletes the chunks nothing else needs, then collects the
+// store so their space comes back. The installed files, the envelope and
+// the records stay. A later download of anything those chunks belong to
+// takes them from the installed files first (seedFromInstalled), then from
+// the peers. It reports whether releases are left whose chunks it could not
+// let go of yet.
+func (n *node) dropInstalled(ctx context.Context) (pending bool) {
+	dropped := false
+	for _, name := range n.dropCandidates() {
+		r, err := n.peer.Catalog.Get(name)
+		if err != nil {
+			continue // let go of whole, by collect
+		}
+		// Site peers still fetching it may ask this node for its
+		// chunks: they go once they are done.
+		ids := r.Manifest.ChunkIDs()
+		if n.peer.fetchedFrom(r.CID) > 0 || !n.siteHolds(ctx, r.CID, len(ids)) {
+			pending = true
+			continue
+		}
+		// Under the install lock, the release still as it was: neither
+		// reinstalled nor freed whole meanwhile.
+		n.installMu.Lock()
+		n.mu.Lock()
+		rel := n.releases[name]
+		still := rel != nil && !rel.dropped && droppable(rel.status.State) && rel.status.CID == r.CID.String()
+		n.mu.Unlock()
+		if !still {
+			n.installMu.Unlock()
+			continue
+		}
+		unpinned, chunks, bytes, err := n.peer.dropChunks(ctx, name, ids)
+		if unpinned {
+			n.mu.Lock()
+			n.release(name).dropped = true
+			n.mu.Unlock()
+		}
+		n.installMu.Unlock()
+		if err != nil {
+			if ctx.Err() == nil {
+				n.log.Warn("agent: letting go of an installed release's chunks failed", "release", name, "err", err)
+			}
+			pending = true
+			continue
+		}
+		if unpinned {
+			dropped = true
+			n.log.Info("agent: the site's proxy holds the release; its chunks were let go, its installed files kept", "release", name, "chunks", chunks, "bytes", bytes)
+		}
+	}
+	if dropped {
+		// The deleted chunks' packs are reclaimed, and the site hears
+		// this node no longer offers them.
+		if _, err := n.collect(ctx, store.DefaultGCGrace, false); err != nil && ctx.Err() == nil {
+			n.log.Warn("agent: collecting garbage failed", "err", err)
+		}
+		n.changed()
+	}
+	return pending
+}
+
+// droppable reports whether a release in state holds its files installed
+// on the node, so that its chunks may go.
+func droppable(state string) bool {
+	return lifecycle.InEffect(state) || state == lifecycle.Retired
+}
+
+// dropCandidates names the releases installed or retired whose chunks are
+// still pinned, sorted.
+func (n *node) dropCandidates() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var names []string
+	for name, r := range n.releases {
+		if !r.dropped && droppable(r.status.State) && r.status.CID != "" {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// siteHolds reports whether an upstream of the node (its site's proxy)
+// holds the release of manifest CID id, of chunks distinct chunks, whole:
+// its have bitmap sets every chunk. A proxy claims the chunks of every
+// release it replicated, which its cache fetches again if it evicted them.
+func (n *node) siteHolds(ctx context.Context, id cid.Cid, chunks int) bool {
+	for _, up := range n.up.ids {
+		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		sub, err := n.peer.client.OpenHave(hctx, up, id, chunks)
+		if err != nil {
+			cancel()
+			continue
+		}
+		whole := sub.Have.Count() == chunks
+		sub.Close()
+		cancel()
+		if whole {
 			return true
 		}
 	}

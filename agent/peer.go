@@ -39,6 +39,11 @@ type Peer struct {
 	// quarantined is told of each chunk the store quarantines.
 	quarantined *atomic.Pointer[func(cid.Cid)]
 
+	// dropping is held by dropChunks, and shared by a fetch while it
+	// starts serving its release and while it pins it: the chunks a drop
+	// deletes are needed by no pin and no fetch under way.
+	dropping sync.RWMutex
+
 	mu       sync.Mutex
 	fetching map[cid.Cid]*inFlight // releases being fetched, by manifest CID
 	known    chan struct{}         // closed and replaced when fetching gains a release
@@ -132,6 +137,16 @@ func (p *Peer) Close() error {
 	return errors.Join(err, p.Store.Close())
 }
 
+// fetchedFrom returns how many peers are subscribed now to this peer's have
+// bitmap of the release with manifest CID id: peers that may be fetching
+// its chunks from this one.
+func (p *Peer) fetchedFrom(id cid.Cid) int {
+	if p.have == nil {
+		return 0
+	}
+	return p.have.Subscribed(id)
+}
+
 // OnQuarantine has fn told of each chunk the store quarantines from now on.
 func (p *Peer) OnQuarantine(fn func(cid.Cid)) { p.quarantined.Store(&fn) }
 
@@ -223,6 +238,11 @@ type FetchOptions struct {
 	Progress func(p2p.FetchProgress)
 	Swarm    p2p.FetchConfig // Notifier and Progress are set by Fetch
 	Now      func() time.Time
+	// Seed, if set, runs once the release is served as being fetched and
+	// before any peer is asked: a node stores there the chunks it can take
+	// from its own disk. Each chunk it stores it hands to stored, which
+	// tells the peers subscribed to this node's have bitmap.
+	Seed func(ctx context.Context, stored func(cid.Cid))
 }
 
 // FetchSummary is what a fetch did, as `patchctl fetch --json` prints it.
@@ -281,8 +301,13 @@ func (p *Peer) Fetch(ctx context.Context, root *manifest.Root, ref string, peers
 // them durable, pins them and saves the envelope.
 func (p *Peer) fetchRelease(ctx context.Context, envelope []byte, m *manifest.Manifest, id cid.Cid, peers []peer.ID, s p2p.FetchStore, opts FetchOptions, start time.Time) (*FetchSummary, error) {
 	ids := m.ChunkIDs()
+	p.dropping.RLock()
 	p.startFetching(id, &inFlight{name: m.Name, envelope: envelope, chunks: ids})
+	p.dropping.RUnlock()
 	defer p.stopFetching(id)
+	if opts.Seed != nil {
+		opts.Seed(ctx, p.notifier.Stored)
+	}
 	cfg := opts.Swarm
 	cfg.Notifier = p.notifier
 	cfg.Progress = opts.Progress
@@ -311,14 +336,91 @@ func (p *Peer) fetchRelease(ctx context.Context, envelope []byte, m *manifest.Ma
 	if err := p.Store.Sync(ctx); err != nil {
 		return sum, err
 	}
-	if err := p.Store.Pin(ctx, m.Name, ids); err != nil {
-		return sum, err
+	p.dropping.RLock()
+	err = p.Store.Pin(ctx, m.Name, ids)
+	if err == nil {
+		err = p.Catalog.Save(m.Name, envelope)
 	}
-	if err := p.Catalog.Save(m.Name, envelope); err != nil {
+	p.dropping.RUnlock()
+	if err != nil {
 		return sum, err
 	}
 	sum.Seconds = time.Since(start).Seconds()
 	return sum, nil
+}
+
+// dropChunks lets go of the chunks of release name, whose distinct chunks
+// are ids: it unpins name, if its pin still lists ids (a fetch of another
+// version may have pinned the name since), and deletes each chunk of ids
+// that no other pin lists and no fetch under way needs. It reports whether
+// it unpinned name, and the chunks and stored bytes it deleted. The
+// envelope stays in the catalog: the release's manifest still says where
+// its chunks lie in its installed files.
+func (p *Peer) dropChunks(ctx context.Context, name string, ids []cid.Cid) (unpinned bool, chunks int, bytes int64, err error) {
+	p.dropping.Lock()
+	defer p.dropping.Unlock()
+	pins, err := p.Store.Pins(ctx)
+	if err != nil {
+		return false, 0, 0, err
+	}
+	pinned, ok := pins[name]
+	if !ok || !sameChunks(pinned, ids) {
+		return false, 0, 0, nil
+	}
+	if err := p.Store.Unpin(ctx, name); err != nil {
+		return false, 0, 0, err
+	}
+	keep := map[cid.Cid]bool{}
+	for other, pids := range pins {
+		if other == name {
+			continue
+		}
+		for _, id := range pids {
+			keep[id] = true
+		}
+	}
+	p.mu.Lock()
+	for _, r := range p.fetching {
+		for _, id := range r.chunks {
+			keep[id] = true
+		}
+	}
+	p.mu.Unlock()
+	for _, id := range ids {
+		if keep[id] {
+			continue
+		}
+		info, err := p.Store.Stat(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return true, chunks, bytes, err
+		}
+		if err := p.Store.Delete(ctx, id); err != nil {
+			return true, chunks, bytes, err
+		}
+		chunks++
+		bytes += info.StoredSize
+	}
+	return true, chunks, bytes, p.Store.Sync(ctx)
+}
+
+// sameChunks reports whether a and b list the same chunks.
+func sameChunks(a, b []cid.Cid) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	set := make(map[cid.Cid]bool, len(a))
+	for _, id := range a {
+		set[id] = true
+	}
+	for _, id := range b {
+		if !set[id] {
+			return false
+		}
+	}
+	return true
 }
 
 // fetchEnvelope asks peers in turn for ref's envelope until one verifies.

@@ -86,7 +86,8 @@ type HaveService struct {
 	g        *Handlers
 
 	mu   sync.Mutex
-	open int // subscriptions being served
+	open int             // subscriptions being served
+	by   map[cid.Cid]int // of them, by manifest CID
 }
 
 // NewHaveService registers the have handler on h. Chunks stored after a
@@ -100,7 +101,7 @@ func NewHaveService(h host.Host, releases Releases, has store.Haser, notifier *H
 	if cfg.MaxSubscriptions <= 0 {
 		cfg.MaxSubscriptions = defaultMaxSubscriptions
 	}
-	hs := &HaveService{h: h, releases: releases, has: has, notifier: notifier, cfg: cfg, g: NewHandlers(cfg.Logger)}
+	hs := &HaveService{h: h, releases: releases, has: has, notifier: notifier, cfg: cfg, g: NewHandlers(cfg.Logger), by: map[cid.Cid]int{}}
 	h.SetStreamHandler(HaveProtocol, func(s network.Stream) { hs.g.Serve(s, hs.handle) })
 	return hs
 }
@@ -112,20 +113,33 @@ func (hs *HaveService) Close() error {
 	return nil
 }
 
-func (hs *HaveService) reserve() bool {
+func (hs *HaveService) reserve(mid cid.Cid) bool {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	if hs.open >= hs.cfg.MaxSubscriptions {
 		return false
 	}
 	hs.open++
+	hs.by[mid]++
 	return true
 }
 
-func (hs *HaveService) release() {
+func (hs *HaveService) release(mid cid.Cid) {
 	hs.mu.Lock()
 	hs.open--
+	if hs.by[mid]--; hs.by[mid] <= 0 {
+		delete(hs.by, mid)
+	}
 	hs.mu.Unlock()
+}
+
+// Subscribed returns how many peers are subscribed now to what this node
+// holds of the release with manifest CID manifestID: peers fetching it that
+// may ask this node for its chunks.
+func (hs *HaveService) Subscribed(manifestID cid.Cid) int {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return hs.by[manifestID]
 }
 
 func (hs *HaveService) handle(ctx context.Context, s network.Stream) error {
@@ -165,10 +179,10 @@ func (hs *HaveService) handle(ctx context.Context, s network.Stream) error {
 		hs.g.log.Warn("p2p: release has too many chunks to serve", "manifest", mid, "chunks", len(ids))
 		return respond(StatusUnavailable)
 	}
-	if !hs.reserve() {
+	if !hs.reserve(mid) {
 		return respond(StatusUnavailable)
 	}
-	defer hs.release()
+	defer hs.release(mid)
 
 	index := make(map[cid.Cid]int, len(ids))
 	for i, id := range ids {

@@ -36,6 +36,9 @@ func TestHaveBitmapThenUpdates(t *testing.T) {
 			if len(sub.Have) != 3 {
 				t.Fatalf("bitmap of %d bytes for 20 chunks", len(sub.Have))
 			}
+			if n := svc.Subscribed(mid); n != 1 {
+				t.Errorf("%d subscribed to the release, want 1", n)
+			}
 			for i := range ids {
 				if sub.Have.Has(i) != slices.Contains(held, i) {
 					t.Errorf("bitmap says chunk %d held: %v", i, sub.Have.Has(i))
@@ -78,6 +81,7 @@ func TestHaveBitmapThenUpdates(t *testing.T) {
 				t.Fatalf("Err after Close = %v", err)
 			}
 			eventually(t, "the server to drop the subscription", func() bool { return notifier.Subscriptions() == 0 })
+			eventually(t, "the server to count no subscriber", func() bool { return svc.Subscribed(mid) == 0 })
 		})
 	}
 }

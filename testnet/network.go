@@ -64,6 +64,10 @@ type Config struct {
 	// silent before its proxy counts it offline and drops its pins
 	// (0: the agent's default).
 	OfflineAfter int
+	// KeepChunks makes the nodes keep the chunks of what they installed
+	// (agent.NodeConfig.KeepChunks) instead of letting go of them once
+	// their site's proxy holds the release.
+	KeepChunks bool
 	// PollInterval is the agents' poll interval (default 1 s).
 	PollInterval time.Duration
 	Logger       *slog.Logger
@@ -254,6 +258,7 @@ func (n *Network) configure(m *Member) {
 			Target:               "server",
 			AllowReleaseCommands: true,
 			NoSwarm:              n.cfg.NoSwarm,
+			KeepChunks:           n.cfg.KeepChunks,
 		}
 		cfg.Node = nc
 	}
@@ -267,6 +272,22 @@ func (m *Member) idOrOrigin(n *Network) peer.ID {
 		return n.Origin.id
 	}
 	return m.id
+}
+
+// Reconfigure changes the configuration m's agent starts with, for its next
+// Start: an agent upgraded, or started with other settings.
+func (m *Member) Reconfigure(fn func(*agent.Config)) {
+	cfg := m.cfg
+	switch {
+	case cfg.Proxy != nil:
+		pc := *cfg.Proxy
+		cfg.Proxy = &pc
+	case cfg.Node != nil:
+		nc := *cfg.Node
+		cfg.Node = &nc
+	}
+	fn(&cfg)
+	m.cfg = cfg
 }
 
 // Start starts m's agent, or starts it again after Stop; it keeps its data

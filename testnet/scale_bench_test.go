@@ -18,3 +18,7 @@ func BenchmarkDemoScale20Sites25Nodes(b *testing.B) {
 		WANLatency: 20 * time.Millisecond, LANLatency: 250 * time.Microsecond,
 	})
 }
+
+// BenchmarkOneCopyScale512MiBOnDisk is benchOneCopy with the 512 MiB pack of
+// the target (docs/decisions/0051): a few minutes and some 8 GiB of disk.
+func BenchmarkOneCopyScale512MiBOnDisk(b *testing.B) { benchOneCopy(b, 512<<20) }

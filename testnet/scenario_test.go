@@ -242,7 +242,9 @@ func TestEvictionNeverDropsAChunkATargetedNotYetInstalledReleaseNeeds(t *testing
 }
 
 func TestAChunkDamagedOnANodesDiskIsFetchedAgainAndTheInstallGoesOn(t *testing.T) {
-	n := startNetwork(t, Config{Sites: 1, NodesPerSite: 1, WAN: 16 << 20})
+	// The node keeps its chunks, so that the one fetched again is seen
+	// in its store after the install.
+	n := startNetwork(t, Config{Sites: 1, NodesPerSite: 1, WAN: 16 << 20, KeepChunks: true})
 	node := n.Sites[0].Nodes[0]
 	r := publish(t, n, "SP-S041000005", 8, 2<<20)
 	ix := n.NewIndex(1, r)
@@ -337,7 +339,10 @@ func TestAChunkDamagedAtTheOriginIsFetchedBackFromAProxyAndTheRolloutGoesOn(t *t
 }
 
 func TestANodeKeepsTheLastServicePackForARollbackAndFreesTheRest(t *testing.T) {
-	n := startNetwork(t, Config{Sites: 1, NodesPerSite: 1, WAN: 32 << 20})
+	// The node keeps the chunks of what it installed, so that what it
+	// keeps and frees shows in its store too; by default it lets go of
+	// the chunks of every release its site holds, and keeps the files.
+	n := startNetwork(t, Config{Sites: 1, NodesPerSite: 1, WAN: 32 << 20, KeepChunks: true})
 	node := n.Sites[0].Nodes[0]
 	sp1 := publish(t, n, "SP-S041000005", 11, 1<<20)
 	hf1 := publish(t, n, "HF-S041000005-001", 12, 256<<10)

@@ -54,6 +54,7 @@ func agentCommand() *cli.Command {
 			&cli.BoolFlag{Name: "allow-release-commands", Usage: "node: also run the install command a release carries (signed with it)"},
 			&cli.DurationFlag{Name: "hook-timeout", Value: 10 * time.Minute, Usage: "node: stop an install command, and every process it started, after this long; the install fails"},
 			&cli.IntFlag{Name: "keep-service-packs", Value: 1, Usage: "node: keep the files and chunks of this many retired service packs, the newest, for a rollback; those of older ones and of retired hotfixes are freed"},
+			&cli.BoolFlag{Name: "keep-chunks", Usage: "node: keep the chunks of what it installed; by default a node lets go of them once its site's proxy holds the release, keeps the installed files as its one copy, and takes from them what the next version shares"},
 			&cli.BoolFlag{Name: "mdns", Usage: "node: find peers of the same site on the LAN by multicast DNS"},
 			&cli.StringFlag{Name: "boot-id-file", Value: agent.BootIDFile, Usage: "node: where the machine's boot identity is read: a release that needs a restart takes effect once it changes"},
 			&cli.StringFlag{Name: "admin", Value: "127.0.0.1:7411", Usage: "serve the admin API on `HOST:PORT` (port 0: any free one)"},
@@ -81,6 +82,7 @@ var roleFlags = map[string][]agent.Role{
 	"hook-timeout":           {agent.RoleNode},
 	"mdns":                   {agent.RoleNode},
 	"keep-service-packs":     {agent.RoleNode},
+	"keep-chunks":            {agent.RoleNode},
 	"boot-id-file":           {agent.RoleNode},
 }
 
@@ -206,6 +208,7 @@ func agentConfig(c *cli.Context, g globals) (agent.Config, error) {
 		n := &agent.NodeConfig{
 			Uplink: up, Target: c.String("target"), InstallHook: c.String("install-hook"),
 			AllowReleaseCommands: c.Bool("allow-release-commands"), HookTimeout: c.Duration("hook-timeout"), MDNS: c.Bool("mdns"),
+			KeepChunks: c.Bool("keep-chunks"),
 		}
 		if f := c.String("boot-id-file"); f != agent.BootIDFile {
 			n.BootID = func() (string, error) { return agent.ReadBootID(f) }

@@ -30,6 +30,7 @@ func TestAgentSettingsComeFromAConfigFileWithEveryMistakeNamed(t *testing.T) {
 		{"a mapping for a value", "role: origin\ntrust: {file: trust.json}\n", nil, "not a mapping"},
 		{"a setting of another role", "role: origin\ntrust: trust.json\ninstall-hook: ./install.sh\n", nil, "--install-hook is for a node, not a origin"},
 		{"a flag of another role", "role: origin\ntrust: trust.json\n", []string{"--wan-rate", "20Mbit"}, "--wan-rate is for a proxy, not a origin"},
+		{"a node's setting for a proxy", "role: proxy\ntrust: trust.json\nkeep-chunks: true\n", nil, "--keep-chunks is for a node, not a proxy"},
 		{"no trust anywhere", "role: origin\n", nil, "--trust FILE is required"},
 		{"a value that does not parse", "role: origin\ntrust: trust.json\npoll: 60\n", nil, "poll"},
 		{"a node without its site", "role: node\ntrust: trust.json\nupstream: [/ip4/127.0.0.1/tcp/1/p2p/12D3KooWAfPDpPRRRBrmqy9is2zjU5srQ4hKuZitiGmh4NTTpS2d]\n", nil, "needs its site"},

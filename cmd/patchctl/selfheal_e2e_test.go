@@ -17,7 +17,8 @@ import (
 // fleet goes on, and a second fsck finds the store whole.
 func TestAChunkThatRotsOnAnAgentsDiskIsFetchedBackFromItsPeers(t *testing.T) {
 	e := newEnv(t)
-	node := &agentProc{e: e, name: "n1", dir: filepath.Join(e.dir, "n1")}
+	// The node keeps the chunks of what it installed: they are what rots.
+	node := &agentProc{e: e, name: "n1", dir: filepath.Join(e.dir, "n1"), args: []string{"--keep-chunks"}}
 	origin := smallFleet(t, e, node)
 	waitFor(t, "n1 installs the service pack", func() (bool, string) {
 		st, reason := nodeState(node)
