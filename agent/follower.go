@@ -67,11 +67,7 @@ func (f *follower) pullRoots(ctx context.Context, p peer.ID) error {
 		f.c.rootRotated()
 	}
 	if err != nil {
-		f.mu.Lock()
-		again := f.refused == err.Error()
-		f.refused = err.Error()
-		f.mu.Unlock()
-		if !again {
+		if f.firstRefusal(err) {
 			f.c.log.Warn("agent: trust root refused", "upstream", p, "err", err)
 		}
 	}
@@ -146,11 +142,7 @@ func (f *follower) pullFrom(ctx context.Context, p peer.ID) (bool, *manifest.Ind
 	}
 	ix, adopted, err := f.c.adopt(env)
 	if err != nil {
-		f.mu.Lock()
-		again := f.refused == err.Error()
-		f.refused = err.Error()
-		f.mu.Unlock()
-		if !again {
+		if f.firstRefusal(err) {
 			f.c.log.Warn("agent: index refused", "upstream", p, "err", err)
 		}
 		// The upstream answered; asking again soon would get the same.
@@ -160,4 +152,15 @@ func (f *follower) pullFrom(ctx context.Context, p peer.ID) (bool, *manifest.Ind
 		return true, nil, nil
 	}
 	return true, ix, nil
+}
+
+// firstRefusal records err as the last refusal of what an upstream sent,
+// and reports whether it differs from the one before: a refusal repeated
+// every poll is logged once.
+func (f *follower) firstRefusal(err error) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	again := f.refused == err.Error()
+	f.refused = err.Error()
+	return !again
 }

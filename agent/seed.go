@@ -127,7 +127,7 @@ func neededRanges(f manifest.File, need map[cid.Cid]bool) []seedRange {
 // seedFromFile reads ranges of the file at path p of root and stores each
 // that hashes to its chunk and is still needed.
 func seedFromFile(ctx context.Context, s seedStore, root *os.Root, p string, ranges []seedRange, need map[cid.Cid]bool, buf *[]byte, placed func(cid.Cid, []byte), res *seedResult) error {
-	rel, err := seedPath(p)
+	rel, err := store.LocalPath(p)
 	if err != nil {
 		return nil // a manifest the catalog holds was validated; skip what is not
 	}
@@ -155,10 +155,8 @@ func seedFromFile(ctx context.Context, s seedStore, root *os.Root, p string, ran
 			}
 			return nil // an unreadable file: the peers have the rest
 		}
-		if manifest.VerifyChunk(r.id, data) != nil {
-			res.Rejected++
-			continue
-		}
+		// Put hashes data and refuses it if it is not the chunk: a
+		// range the file no longer holds as installed.
 		if err := s.Put(ctx, r.id, data); err != nil {
 			if errors.Is(err, store.ErrMismatch) {
 				res.Rejected++
@@ -174,19 +172,6 @@ func seedFromFile(ctx context.Context, s seedStore, root *os.Root, p string, ran
 		}
 	}
 	return nil
-}
-
-// seedPath turns a manifest path into a relative OS path inside its tree,
-// with the checks Extract applies.
-func seedPath(p string) (string, error) {
-	if err := manifest.ValidatePath(p); err != nil {
-		return "", err
-	}
-	rel := filepath.FromSlash(p)
-	if !filepath.IsLocal(rel) {
-		return "", fmt.Errorf("path %q leaves the release directory: %w", p, manifest.ErrInvalid)
-	}
-	return rel, nil
 }
 
 // openRegular opens rel under root for reading if it is a regular file: not

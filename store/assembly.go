@@ -74,7 +74,7 @@ func NewAssembly(m *manifest.Manifest, parent string) (*Assembly, error) {
 		files:   make([]*os.File, len(m.Files)),
 	}
 	for i, f := range m.Files {
-		rel, err := localPath(f.Path)
+		rel, err := LocalPath(f.Path)
 		if err != nil {
 			return nil, fmt.Errorf("assemble %s: %w", m.Name, err)
 		}

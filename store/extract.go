@@ -207,7 +207,7 @@ type extractor struct {
 // writeFile writes f, or completes it if an Assembly created it, and
 // checks its digest.
 func (w *extractor) writeFile(ctx context.Context, f *manifest.File, created bool) (err error) {
-	rel, err := localPath(f.Path)
+	rel, err := LocalPath(f.Path)
 	if err != nil {
 		return err
 	}
@@ -315,10 +315,10 @@ func readPlaced(f *os.File, off int64, n int, h hash.Hash) error {
 	return nil
 }
 
-// localPath turns a manifest path into a relative OS path that stays inside
+// LocalPath turns a manifest path into a relative OS path that stays inside
 // its root. manifest.Validate has checked it already; checking again here is
 // cheap defence in depth against a caller that skipped validation.
-func localPath(p string) (string, error) {
+func LocalPath(p string) (string, error) {
 	if err := manifest.ValidatePath(p); err != nil {
 		return "", err
 	}

@@ -14,7 +14,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -498,29 +497,12 @@ func (d *fileStore) removeStaleTemps(ctx context.Context, now time.Time) (int, e
 			dirs = append(dirs, filepath.Join(d.chunks, s.Name()))
 		}
 	}
-	cutoff := now.Add(-staleTempAge)
 	removed := 0
 	for _, dir := range dirs {
-		if err := ctx.Err(); err != nil {
-			return removed, err
-		}
-		entries, err := os.ReadDir(dir)
+		n, err := removeStaleTempsIn(ctx, dir, now)
+		removed += n
 		if err != nil {
-			return removed, fmt.Errorf("remove stale temporary files: %w", err)
-		}
-		for _, e := range entries {
-			if !strings.HasPrefix(e.Name(), tempPrefix) || !e.Type().IsRegular() {
-				continue
-			}
-			fi, err := e.Info()
-			if err != nil || fi.ModTime().After(cutoff) {
-				continue // gone already, or possibly a write in progress
-			}
-			if err := os.Remove(filepath.Join(dir, e.Name())); err == nil {
-				removed++
-			} else if !errors.Is(err, fs.ErrNotExist) {
-				return removed, fmt.Errorf("remove stale temporary files: %w", err)
-			}
+			return removed, err
 		}
 	}
 	return removed, nil

@@ -12,6 +12,7 @@ import (
 	"github.com/patchctl/patchctl/adminapi"
 	"github.com/patchctl/patchctl/lifecycle"
 	"github.com/patchctl/patchctl/manifest"
+	"github.com/patchctl/patchctl/store"
 )
 
 // markerHook is the install hook of test releases: it leaves a marker file
@@ -241,6 +242,29 @@ func TestEvictionNeverDropsAChunkATargetedNotYetInstalledReleaseNeeds(t *testing
 	}
 }
 
+// rotChunk flips a bit in the middle of chunk id's frame in s's pack, as
+// bit rot on the disk would.
+func rotChunk(t *testing.T, s *store.Disk, id cid.Cid) {
+	t.Helper()
+	loc, err := s.Locate(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(loc.Pack, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, loc.Offset+loc.Size/2); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, loc.Offset+loc.Size/2); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestAChunkDamagedOnANodesDiskIsFetchedAgainAndTheInstallGoesOn(t *testing.T) {
 	// The node keeps its chunks, so that the one fetched again is seen
 	// in its store after the install.
@@ -259,23 +283,7 @@ func TestAChunkDamagedOnANodesDiskIsFetchedAgainAndTheInstallGoesOn(t *testing.T
 	// Bit rot on the node's disk, in the middle of one chunk's frame.
 	s := node.Agent.Peer().Store
 	victim := r.Manifest.ChunkIDs()[len(r.Manifest.ChunkIDs())/2]
-	loc, err := s.Locate(t.Context(), victim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(loc.Pack, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, 1)
-	if _, err := f.ReadAt(b, loc.Offset+loc.Size/2); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x40
-	if _, err := f.WriteAt(b, loc.Offset+loc.Size/2); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	rotChunk(t, s, victim)
 
 	if _, err := node.Agent.API().(adminapi.Node).Install(t.Context(), r.Name); err != nil {
 		t.Fatal(err)
@@ -306,23 +314,7 @@ func TestAChunkDamagedAtTheOriginIsFetchedBackFromAProxyAndTheRolloutGoesOn(t *t
 	// a copy of.
 	origin := n.Origin.Agent.Peer().Store
 	victim := r.Manifest.ChunkIDs()[len(r.Manifest.ChunkIDs())/3]
-	loc, err := origin.Locate(t.Context(), victim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(loc.Pack, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, 1)
-	if _, err := f.ReadAt(b, loc.Offset+loc.Size/2); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x40
-	if _, err := f.WriteAt(b, loc.Offset+loc.Size/2); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	rotChunk(t, origin, victim)
 
 	// The second site's proxy fetching it is what finds the damage.
 	r.Entry.Sites = nil

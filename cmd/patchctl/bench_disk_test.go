@@ -240,20 +240,7 @@ func BenchmarkSwarmOneSeedEightFetchers(b *testing.B) {
 				run("trust", "init", "--key", key+".key", "--out", trust)
 				seed := filepath.Join(dir, "seed")
 				run("--data-dir", seed, "publish", "--key", key+".key", "--name", "SP-S041000005", src)
-				serve := exec.Command(bin.path, "--data-dir", seed, "serve", "--listen", "/ip4/127.0.0.1/tcp/0")
-				stdout, err := serve.StdoutPipe()
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := serve.Start(); err != nil {
-					b.Fatal(err)
-				}
-				defer func() { serve.Process.Kill(); serve.Wait() }()
-				addr, err := bufio.NewReader(stdout).ReadString('\n')
-				if err != nil {
-					b.Fatal(err)
-				}
-				addr = strings.TrimSpace(addr)
+				addr := benchServe(b, bin.path, seed)
 				var wall, written float64
 				for i := 0; b.Loop(); i++ {
 					var wg sync.WaitGroup

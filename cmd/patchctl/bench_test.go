@@ -86,24 +86,12 @@ func BenchmarkFetchPeakRSS4GiB(b *testing.B) {
 	seedData := filepath.Join(dir, "seed")
 	run("--data-dir", seedData, "publish", "--key", key+".key", "--name", "SP-S041000005", src)
 
-	serve := exec.Command(patchctlBin, "--data-dir", seedData, "serve", "--listen", "/ip4/127.0.0.1/tcp/0")
-	stdout, err := serve.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := serve.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { serve.Process.Kill(); serve.Wait() }()
-	addr, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		b.Fatal(err)
-	}
+	addr := benchServe(b, patchctlBin, seedData)
 	var rssMiB, rate float64
 	for b.Loop() {
 		data := filepath.Join(b.TempDir(), "fetcher")
 		cmd := exec.Command(patchctlBin, "--data-dir", data, "--json", "fetch", "--trust", filepath.Join(dir, "trust.json"),
-			"--peer", strings.TrimSpace(addr), "--listen", "/ip4/127.0.0.1/tcp/0", "SP-S041000005")
+			"--peer", addr, "--listen", "/ip4/127.0.0.1/tcp/0", "SP-S041000005")
 		out, err := cmd.Output()
 		if err != nil {
 			b.Fatalf("fetch: %v: %s", err, out)
@@ -120,4 +108,24 @@ func BenchmarkFetchPeakRSS4GiB(b *testing.B) {
 	}
 	b.ReportMetric(rssMiB, "peak_rss_MiB")
 	b.ReportMetric(rate, "fetch_wire_MB/s")
+}
+
+// benchServe starts `bin serve` on loopback over dataDir and returns the
+// address it prints; the process is killed when b ends.
+func benchServe(b *testing.B, bin, dataDir string) string {
+	b.Helper()
+	serve := exec.Command(bin, "--data-dir", dataDir, "serve", "--listen", "/ip4/127.0.0.1/tcp/0")
+	stdout, err := serve.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := serve.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { serve.Process.Kill(); serve.Wait() })
+	addr, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		b.Fatal(err)
+	}
+	return strings.TrimSpace(addr)
 }
